@@ -1,0 +1,94 @@
+"""Test-time alignment (the paper's Algorithm 1), for any model with a self-supervised loss.
+
+For one batch: record theta_0; take M gradient steps on mu1 * L_time + mu2 * L_state (no labels);
+predict with the adapted parameters; restore theta_0 bit for bit. The update is shared by the
+whole batch, so results depend on the batch size.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from t2arec.models.base import SeqBatch, SequentialRecommender
+
+
+@dataclass
+class AlignConfig:
+    enabled: bool = True
+    steps: int = 1  # M
+    lr: float = 0.005  # alpha
+    mu_time: float = 1e-2  # mu1_test
+    mu_state: float = 1e-1  # mu2_test
+    optimizer: str = "sgd"  # "sgd": theta -= alpha * grad (Algorithm 1); "adam": fresh Adam state per batch
+    batch_size: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"align.optimizer must be 'sgd' or 'adam', not {self.optimizer!r}")
+        if self.steps < 0:
+            raise ValueError("align.steps must be >= 0")
+
+
+@dataclass
+class AlignStats:
+    """How far one alignment moved the parameters (L2 norm over all of them) and the loss before."""
+
+    param_shift: float
+    loss_before: float
+
+
+def _step(params: list[Tensor], grads: list[Tensor], cfg: AlignConfig, moments: list[tuple[Tensor, Tensor]], t: int) -> None:
+    """One in-place update. ``moments`` holds Adam's (m, v) per parameter, fresh for each batch."""
+    if cfg.optimizer == "sgd":
+        for p, g in zip(params, grads):
+            p.sub_(cfg.lr * g)
+        return
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    if not moments:
+        moments.extend((torch.zeros_like(p), torch.zeros_like(p)) for p in params)
+    for p, g, (m, v) in zip(params, grads, moments):
+        m.mul_(beta1).add_(g, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        p.sub_(cfg.lr * (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + eps))
+
+
+@contextlib.contextmanager
+def aligned(model: SequentialRecommender, batch: SeqBatch, cfg: AlignConfig) -> Iterator[AlignStats]:
+    """Inside the ``with`` block the model is adapted to ``batch``; on exit it is restored exactly.
+
+    The model should be in eval mode (dropout off), as at test time.
+    """
+    params = [p for p in model.parameters() if p.requires_grad]
+    snapshot = [p.detach().clone() for p in params]
+    stats = AlignStats(param_shift=0.0, loss_before=float("nan"))
+    try:
+        moments: list[tuple[Tensor, Tensor]] = []
+        for t in range(1, cfg.steps + 1):
+            with torch.enable_grad():
+                loss = model.alignment_loss(batch, cfg.mu_time, cfg.mu_state)
+                grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+            if t == 1:
+                stats.loss_before = float(loss.detach())
+            with torch.no_grad():
+                _step(params, list(grads), cfg, moments, t)
+        with torch.no_grad():
+            shift = sum(float((p - s).pow(2).sum()) for p, s in zip(params, snapshot))
+            stats.param_shift = shift**0.5
+        yield stats
+    finally:
+        with torch.no_grad():
+            for p, s in zip(params, snapshot):
+                p.copy_(s)
+
+
+def score_batch(model: SequentialRecommender, batch: SeqBatch, cfg: AlignConfig | None) -> tuple[Tensor, AlignStats | None]:
+    """Scores (B, num_items) for a batch, after test-time alignment when ``cfg`` enables it."""
+    if cfg is None or not cfg.enabled or cfg.steps == 0 or not model.has_alignment_loss:
+        with torch.no_grad():
+            return model.score(batch), None
+    with aligned(model, batch, cfg) as stats, torch.no_grad():
+        return model.score(batch), stats

@@ -1,0 +1,171 @@
+"""Typed configuration: dataclasses per concern, a TOML/JSON file and ``section.key=value`` overrides.
+
+An unknown section or key is an error, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from t2arec.align import AlignConfig
+from t2arec.models.t2arec import T2ARecConfig
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, key or file."""
+
+
+@dataclass
+class DataConfig:
+    path: str | None = None  # None: the built-in synthetic interest-shift dataset
+    format: str = "auto"  # auto | recbole | movielens | csv | parquet
+    columns: dict[str, str] = field(default_factory=dict)  # {"user": ..., "item": ..., "time": ...}
+    time_unit: str = "auto"  # auto | s | ms | datetime
+    duplicates: str = "keep"  # keep | drop exact (user, item, time) duplicates
+    min_count: int = 10  # k-core threshold for users and items
+    max_len: int = 50
+    synthetic_users: int = 1000
+    synthetic_items: int = 600
+    synthetic_shift: float = 1.0
+    synthetic_seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    patience: int = 10  # evaluations without a better validation NDCG@10 before stopping
+    mu_time: float = 0.1  # mu1_train
+    mu_state: float = 1.0  # mu2_train
+    stride: int = 0  # targets per training window; 0 = max_len (no overlap)
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    validate_aligned: bool = False  # early-stop on aligned (True) or unaligned validation NDCG@10
+
+
+@dataclass
+class RunConfig:
+    model_name: str = "t2arec"
+    seed: int = 2026
+    device: str = "cpu"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: T2ARecConfig = field(default_factory=T2ARecConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = ("data", "model", "train", "align")
+
+
+def _parse_value(text: str, kind: Any, key: str) -> Any:
+    """Turn the text of a ``key=value`` override into the field's declared type."""
+    origin = typing.get_origin(kind)
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if origin is typing.Union or (origin is not None and type(None) in typing.get_args(kind)):
+        if text.lower() in ("none", "null", ""):
+            return None
+        return _parse_value(text, args[0], key)
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{key}: expected true or false, got {text!r}")
+    if origin is dict or kind is dict:
+        return parse_mapping(text, key)
+    try:
+        return kind(text)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}: expected {getattr(kind, '__name__', kind)}, got {text!r}") from None
+
+
+def parse_mapping(text: str, key: str = "columns") -> dict[str, str]:
+    """``"user=uid,item=iid"`` -> {"user": "uid", "item": "iid"}."""
+    mapping = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ConfigError(f"{key}: expected name=value pairs separated by commas, got {part!r}")
+        mapping[name.strip()] = value.strip()
+    return mapping
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+    """Check a value read from a TOML/JSON file against the field's type."""
+    if isinstance(value, str) and kind is not str and typing.get_origin(kind) is not dict:
+        return _parse_value(value, kind, key)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _field_types(obj: Any) -> dict[str, Any]:
+    return typing.get_type_hints(type(obj))
+
+
+def set_value(cfg: RunConfig, dotted: str, value: Any, from_text: bool) -> None:
+    """Set ``section.key`` (or a top-level key) on ``cfg``, checking that it exists."""
+    section, _, key = dotted.rpartition(".")
+    target: Any = cfg
+    if section:
+        if section not in SECTIONS:
+            raise ConfigError(f"unknown config section {section!r} in {dotted!r} (sections: {', '.join(SECTIONS)})")
+        target = getattr(cfg, section)
+    types = _field_types(target)
+    if key not in types or key in ("data", "model", "train", "align"):
+        known = ", ".join(k for k in types if k not in SECTIONS)
+        raise ConfigError(f"unknown config key {dotted!r} (known: {known})")
+    parsed = _parse_value(value, types[key], dotted) if from_text else _coerce(value, types[key], dotted)
+    setattr(target, key, parsed)
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str]) -> None:
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        set_value(cfg, key.strip(), value.strip(), from_text=True)
+
+
+def load_config_file(cfg: RunConfig, path: str | Path) -> None:
+    """Apply a TOML or JSON file: top-level keys and [data]/[model]/[train]/[align] tables."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        doc = json.loads(raw) if path.suffix == ".json" else tomllib.loads(raw.decode("utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot parse config: {err}") from None
+    for key, value in doc.items():
+        if key in SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: [{key}] must be a table")
+            for sub, sub_value in value.items():
+                set_value(cfg, f"{key}.{sub}", sub_value, from_text=False)
+        else:
+            set_value(cfg, key, value, from_text=False)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Re-run the dataclasses' own checks after overrides and cross-check a few values."""
+    try:
+        cfg.model = T2ARecConfig(**dataclasses.asdict(cfg.model))
+        cfg.align = AlignConfig(**dataclasses.asdict(cfg.align))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from None
+    if cfg.data.max_len < 1:
+        raise ConfigError("data.max_len must be >= 1")
+    if cfg.train.stride < 0 or cfg.train.stride > cfg.data.max_len:
+        raise ConfigError("train.stride must be in 0..data.max_len")
+    if cfg.train.batch_size < 1 or cfg.align.batch_size < 1:
+        raise ConfigError("batch sizes must be >= 1")

@@ -1,0 +1,194 @@
+"""One job end to end: data -> model -> training -> evaluation -> results.json + checkpoint.
+
+The CLI and the experiment commands call these functions; they print nothing themselves beyond
+progress bars, and every file they write is written atomically.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from t2arec.align import AlignConfig
+from t2arec.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from t2arec.config import RunConfig, validate
+from t2arec.data.batching import Examples, evaluation_examples, training_windows
+from t2arec.data.prepare import prepare
+from t2arec.data.readers import read_interactions
+from t2arec.data.synthetic import make_synthetic
+from t2arec.data.types import DataError, SequenceData
+from t2arec.evaluate import EvalResult, evaluate, time_segments
+from t2arec.models import build_model
+from t2arec.models.base import SequentialRecommender
+from t2arec.train import train
+
+SEGMENTS = 4
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def load_data(cfg: RunConfig) -> SequenceData:
+    """Read (or generate) and prepare the interactions named by ``cfg.data``."""
+    data_cfg = cfg.data
+    if data_cfg.path is None:
+        interactions = make_synthetic(num_users=data_cfg.synthetic_users, num_items=data_cfg.synthetic_items,
+                                      shift=data_cfg.synthetic_shift, seed=data_cfg.synthetic_seed)
+        name = f"synthetic-shift{data_cfg.synthetic_shift:g}"
+    else:
+        interactions = read_interactions(data_cfg.path, fmt=data_cfg.format, columns=data_cfg.columns or None,
+                                         time_unit=data_cfg.time_unit, duplicates=data_cfg.duplicates)
+        name = Path(data_cfg.path).stem
+    return prepare(interactions, name=name, min_count=data_cfg.min_count)
+
+
+@dataclass
+class Evaluation:
+    """Aligned and unaligned test results with the segment split they share."""
+
+    aligned: EvalResult | None
+    unaligned: EvalResult
+    segments: list[np.ndarray]
+    target_times: np.ndarray
+
+
+def evaluate_split(model: SequentialRecommender, examples: Examples, align: AlignConfig,
+                   device: torch.device, progress: bool = False) -> Evaluation:
+    unaligned = evaluate(model, examples, None, batch_size=align.batch_size, device=device, progress=progress)
+    aligned = None
+    if align.enabled and align.steps > 0 and model.has_alignment_loss:
+        aligned = evaluate(model, examples, align, batch_size=align.batch_size, device=device, progress=progress)
+    return Evaluation(aligned, unaligned, time_segments(examples.target_times, SEGMENTS), examples.target_times)
+
+
+def results_block(ev: Evaluation) -> dict[str, Any]:
+    """The ``test``/``test_no_tta``/``segments``/``alignment`` part of results.json."""
+    aligned = ev.aligned or ev.unaligned
+    seg_aligned = aligned.segment_metrics(ev.segments)
+    seg_plain = ev.unaligned.segment_metrics(ev.segments)
+    segments = []
+    for i, idx in enumerate(ev.segments):
+        times = ev.target_times[idx]
+        segments.append({"segment": i + 1, "users": int(len(idx)),
+                         "from_time": float(times.min()) if len(idx) else None,
+                         "to_time": float(times.max()) if len(idx) else None,
+                         "test": seg_aligned[i], "test_no_tta": seg_plain[i]})
+    shifts = ev.aligned.param_shift if ev.aligned else []
+    return {
+        "test": aligned.metrics,
+        "test_no_tta": ev.unaligned.metrics,
+        "segments": segments,
+        "alignment": {"applied": ev.aligned is not None,
+                      "param_shift_mean": float(np.mean(shifts)) if shifts else 0.0,
+                      "seconds": ev.aligned.seconds if ev.aligned else 0.0,
+                      "seconds_no_tta": ev.unaligned.seconds},
+    }
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    text = json.dumps(payload, indent=2, default=str).encode("utf-8")
+    atomic_write(path, lambda handle: handle.write(text))
+
+
+def run(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Train and evaluate one model; write ``out_dir/results.json`` and ``out_dir/checkpoint``."""
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    out_dir = Path(out_dir)
+    data = load_data(cfg)
+    max_len = cfg.data.max_len
+    windows = training_windows(data, max_len, cfg.train.stride or None)
+    valid = evaluation_examples(data, "valid", max_len)
+    test = evaluation_examples(data, "test", max_len)
+
+    seed_everything(cfg.seed)
+    model = build_model(cfg, data.num_items).to(device)
+    trained = train(model, windows, valid, cfg.train, cfg.align, seed=cfg.seed, device=device, progress=progress)
+    save_checkpoint(out_dir / "checkpoint", model, cfg.to_dict(), data.item_ids, data.report.to_dict())
+
+    valid_ev = evaluate_split(model, valid, cfg.align, device)
+    test_ev = evaluate_split(model, test, cfg.align, device, progress=progress)
+    results = {
+        "model": cfg.model_name,
+        "dataset": data.report.to_dict(),
+        "config": cfg.to_dict(),
+        "seed": cfg.seed,
+        "best_epoch": trained.best_epoch,
+        "train_seconds": trained.train_seconds,
+        "valid": (valid_ev.aligned or valid_ev.unaligned).metrics,
+        "valid_no_tta": valid_ev.unaligned.metrics,
+        **results_block(test_ev),
+        "history": trained.history,
+    }
+    write_json(out_dir / "results.json", results)
+    return results
+
+
+def remap_items(data: SequenceData, item_ids: list) -> SequenceData:
+    """Re-index ``data``'s items into a checkpoint's vocabulary; unknown items are an error."""
+    if list(data.item_ids) == list(item_ids):
+        return data
+    index = {raw: i for i, raw in enumerate(item_ids) if i > 0}
+    lookup = np.zeros(len(data.item_ids), dtype=np.int64)
+    unknown = []
+    for i, raw in enumerate(data.item_ids[1:], start=1):
+        lookup[i] = index.get(raw, 0)
+        if lookup[i] == 0:
+            unknown.append(raw)
+    if unknown:
+        raise DataError(f"{data.report.source}: {len(unknown)} item ids are not in the checkpoint's vocabulary "
+                        f"(first: {unknown[:5]})")
+    return dataclasses.replace(data, items=[lookup[s] for s in data.items], item_ids=list(item_ids))
+
+
+def config_from_dict(raw: dict[str, Any]) -> RunConfig:
+    from t2arec.config import DataConfig, TrainConfig
+    from t2arec.models.t2arec import T2ARecConfig
+
+    return RunConfig(model_name=raw["model_name"], seed=raw["seed"], device=raw["device"],
+                     data=DataConfig(**raw["data"]), model=T2ARecConfig(**raw["model"]),
+                     train=TrainConfig(**raw["train"]), align=AlignConfig(**raw["align"]))
+
+
+def load_model(checkpoint: str | Path, device: str = "cpu") -> tuple[SequentialRecommender, RunConfig, dict[str, Any]]:
+    payload = load_checkpoint(checkpoint)
+    cfg = config_from_dict(payload["config"])
+    model = build_model(cfg, len(payload["item_ids"]) - 1)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(resolve_device(device)).eval(), cfg, payload
+
+
+def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, cfg_changes: dict[str, Any],
+                        progress: bool = True) -> dict[str, Any]:
+    """Re-evaluate a saved model on its own data (or other data with the same item vocabulary)."""
+    model, cfg, payload = load_model(checkpoint, cfg_changes.get("device", "cpu"))
+    for key in ("path", "format", "columns", "time_unit"):
+        if cfg_changes.get(key) is not None:
+            setattr(cfg.data, key, cfg_changes[key])
+    if cfg_changes.get("batch_size"):
+        cfg.align.batch_size = cfg_changes["batch_size"]
+    if cfg_changes.get("align") is not None:
+        cfg.align.enabled = cfg_changes["align"]
+    device = resolve_device(cfg_changes.get("device", "cpu"))
+    data = remap_items(load_data(cfg), payload["item_ids"])
+    test = evaluation_examples(data, "test", cfg.data.max_len)
+    test_ev = evaluate_split(model, test, cfg.align, device, progress=progress)
+    results = {"model": cfg.model_name, "dataset": data.report.to_dict(), "config": cfg.to_dict(),
+               "seed": cfg.seed, "checkpoint": str(checkpoint), **results_block(test_ev)}
+    write_json(Path(out_dir) / "results.json", results)
+    return results

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from t2arec.models.ssd import scan_chunked, scan_sequential, segment_sums
+
+
+def random_inputs(batch=3, length=37, d=8, d_state=4, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, length, d, generator=g, dtype=dtype)
+    log_decay = -torch.rand(batch, length, generator=g, dtype=dtype) * 2
+    b = torch.randn(batch, length, d_state, generator=g, dtype=dtype)
+    c = torch.randn(batch, length, d_state, generator=g, dtype=dtype)
+    return x, log_decay, b, c
+
+
+def test_segment_sums_hand_case():
+    a = torch.tensor([1.0, 2.0, 3.0])
+    s = segment_sums(a)
+    inf = float("-inf")
+    expected = torch.tensor([[0.0, inf, inf], [2.0, 0.0, inf], [5.0, 3.0, 0.0]])
+    assert torch.equal(s, expected)
+
+
+def test_sequential_loop_hand_case():
+    # one channel, one state: h1 = 1*2 = 2, h2 = e^{-1}*2 + 1*3
+    x = torch.tensor([[[2.0], [3.0]]])
+    a = torch.tensor([[0.0, -1.0]])
+    b = torch.ones(1, 2, 1)
+    c = torch.full((1, 2, 1), 0.5)
+    y, h = scan_sequential(x, a, b, c)
+    h2 = torch.exp(torch.tensor(-1.0)) * 2 + 3
+    assert torch.allclose(y[0, :, 0], torch.stack([torch.tensor(1.0), 0.5 * h2]))
+    assert torch.allclose(h[0, 0, 0], h2)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 16, 37, 64])
+def test_chunked_equals_sequential(chunk):
+    x, a, b, c = random_inputs()
+    y_ref, h_ref = scan_sequential(x, a, b, c)
+    y, h = scan_chunked(x, a, b, c, chunk_size=chunk)
+    assert torch.allclose(y, y_ref, atol=1e-5, rtol=0)
+    assert torch.allclose(h, h_ref, atol=1e-5, rtol=0)
+
+
+def test_chunked_gradients_equal_sequential():
+    inputs = [t.clone().requires_grad_(True) for t in random_inputs(length=29)]
+    y_ref, h_ref = scan_sequential(*inputs)
+    weight_y, weight_h = torch.randn_like(y_ref), torch.randn_like(h_ref)
+    grads_ref = torch.autograd.grad((y_ref * weight_y).sum() + (h_ref * weight_h).sum(), inputs)
+    y, h = scan_chunked(*inputs, chunk_size=8)
+    grads = torch.autograd.grad((y * weight_y).sum() + (h * weight_h).sum(), inputs)
+    for g, g_ref in zip(grads, grads_ref):
+        assert torch.allclose(g, g_ref, atol=1e-5, rtol=0)
+
+
+def test_chunked_float32_close_to_float64_reference():
+    x, a, b, c = random_inputs(length=50)
+    y_ref, _ = scan_sequential(x, a, b, c)
+    y, _ = scan_chunked(*(t.float() for t in (x, a, b, c)), chunk_size=16)
+    assert torch.allclose(y.double(), y_ref, atol=1e-4, rtol=1e-5)

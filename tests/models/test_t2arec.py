@@ -1,0 +1,165 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from t2arec.models.base import SeqBatch
+from t2arec.models.t2arec import T2ARec, T2ARecConfig
+
+
+def tiny_model(**overrides) -> T2ARec:
+    torch.manual_seed(0)
+    cfg = T2ARecConfig(num_items=20, hidden_size=8, state_size=4, dropout=0.0, chunk_size=4, **overrides)
+    return T2ARec(cfg).double().eval()
+
+
+def make_batch(items, gaps, next_gap, targets=None) -> SeqBatch:
+    items = torch.tensor(items, dtype=torch.long)
+    return SeqBatch(items, torch.tensor(gaps, dtype=torch.float64), torch.tensor(next_gap, dtype=torch.float64),
+                    torch.zeros(items.shape[0], dtype=torch.long) if targets is None else torch.tensor(targets))
+
+
+def test_left_padding_is_an_exact_no_op():
+    model = tiny_model()
+    seq, gaps = [3, 7, 7, 1, 12, 5], [0.0, 60.0, 5.0, 3600.0, 10.0, 86400.0]
+    outputs = []
+    for pad in (0, 1, 5, 11):
+        batch = make_batch([[0] * pad + seq], [[0.0] * pad + gaps], [120.0])
+        with torch.no_grad():
+            scores = model.score(batch)
+        loss = model.alignment_loss(batch, 1.0, 1.0)
+        outputs.append((scores, loss))
+    for scores, loss in outputs[1:]:
+        assert torch.allclose(scores, outputs[0][0], atol=1e-10, rtol=0)
+        assert torch.allclose(loss, outputs[0][1], atol=1e-10, rtol=0)
+
+
+def test_padding_invariance_holds_with_stacked_layers_and_gate():
+    model = tiny_model(num_layers=2, output_gate=True)
+    seq = [4, 9, 2]
+    a = model.score(make_batch([seq], [[0.0, 1.0, 2.0]], [3.0]))
+    b = model.score(make_batch([[0, 0, 0, 0, 0] + seq], [[0.0] * 5 + [0.0, 1.0, 2.0]], [3.0]))
+    assert torch.allclose(a, b, atol=1e-10, rtol=0)
+
+
+def test_chunked_model_equals_sequential_model():
+    model = tiny_model()
+    reference = tiny_model(sequential_scan=True)
+    reference.load_state_dict(model.state_dict())
+    batch = make_batch([[0, 0, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9]], [[0.0, 0, 0] + [1.0] * 6, [0.0] + [2.0] * 8], [5.0, 6.0])
+    assert torch.allclose(model.score(batch), reference.score(batch), atol=1e-10)
+    assert torch.allclose(model.alignment_loss(batch, 1, 1), reference.alignment_loss(batch, 1, 1), atol=1e-10)
+
+
+def test_refeed_is_step_n_plus_one_of_the_same_transform():
+    model = tiny_model()
+    mixer = model.layers[0].mixer
+    items = torch.tensor([[2, 5, 9, 11, 4]])
+    mask = items > 0
+    o, u, trace = model.encode(items)
+    x_next, _, delta_next = mixer.refeed(o[:, -1], trace.conv_inputs)
+    # run the block on u_1..u_n followed by o_n as token n+1
+    u_ext = torch.cat([u, o[:, -1:]], dim=1)
+    out_ext, trace_ext = mixer(u_ext, torch.ones(1, 6, dtype=torch.bool))
+    out, _ = mixer(u, mask)
+    assert torch.allclose(trace_ext.delta[:, -1], delta_next, atol=1e-12)
+    assert torch.allclose(trace_ext.x_last, x_next, atol=1e-12)
+    assert torch.allclose(out_ext[:, :-1], out, atol=1e-12)  # nothing changes at positions 1..n
+
+
+def hinge_by_hand(delta, t, pairs, lam):
+    losses = [max(0.0, 1 - (delta[i] - delta[j]) * (t[i] - t[j]) / lam) for i, j in pairs]
+    return sum(losses) / len(losses)
+
+
+def test_time_loss_hand_computed_single_block():
+    model = tiny_model(time_transform="identity", time_scale=2.0, time_block=16)
+    batch = make_batch([[0, 1, 2, 3, 4]], [[0.0, 0.0, 2.0, 1.0, 3.0]], [4.0])
+    delta = torch.tensor([[0.0, 0.1, 0.3, 0.2, 0.6]], dtype=torch.float64)
+    delta_next = torch.tensor([0.4], dtype=torch.float64)
+    loss = model.time_loss(batch, delta, delta_next)
+    # valid: positions 2, 3, 4 of the sequence (T = 2, 1, 3) and step n+1 (T = 4); not the first item
+    d = {2: 0.3, 3: 0.2, 4: 0.6, 5: 0.4}
+    t = {2: 2.0, 3: 1.0, 4: 3.0, 5: 4.0}
+    pairs = [(i, j) for i in d for j in d if i < j]
+    # e.g. pair (4, 5): 1 - (0.6 - 0.4) * (3 - 4) / 2 = 1.1
+    assert loss.item() == pytest.approx(hinge_by_hand(d, t, pairs, 2.0), abs=1e-12)
+
+
+def test_time_loss_blocks_are_aligned_to_the_end_and_pairs_stay_inside():
+    model = tiny_model(time_transform="identity", time_scale=1.0, time_block=2)
+    batch = make_batch([[1, 2, 3, 4]], [[0.0, 5.0, 1.0, 2.0]], [10.0])
+    delta = torch.tensor([[0.5, 0.1, 0.2, 0.3]], dtype=torch.float64)
+    delta_next = torch.tensor([0.05], dtype=torch.float64)
+    loss = model.time_loss(batch, delta, delta_next)
+    # entries (p1..p4, n+1) padded to 6 on the left -> blocks (pad, p1) (p2, p3) (p4, n+1); p1 has no predecessor
+    d = {2: 0.1, 3: 0.2, 4: 0.3, 5: 0.05}
+    t = {2: 5.0, 3: 1.0, 4: 2.0, 5: 10.0}
+    assert loss.item() == pytest.approx(hinge_by_hand(d, t, [(2, 3), (4, 5)], 1.0), abs=1e-12)
+
+
+def test_time_loss_log1p_transform():
+    model = tiny_model(time_transform="log1p", time_scale=0.5, time_block=16)
+    batch = make_batch([[7, 8]], [[0.0, 100.0]], [10.0])
+    loss = model.time_loss(batch, torch.tensor([[0.2, 0.3]], dtype=torch.float64), torch.tensor([0.1], dtype=torch.float64))
+    expected = max(0.0, 1 - (0.3 - 0.1) * (math.log1p(100.0) - math.log1p(10.0)) / 0.5)
+    assert loss.item() == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("state_p", ["learned", "theorem"])
+def test_state_loss_matches_the_formulas_of_the_spec(state_p):
+    model = tiny_model(state_p=state_p)
+    mixer = model.layers[0].mixer
+    with torch.no_grad():
+        mixer.P.fill_(0.7)
+    items = torch.tensor([[0, 3, 6, 2]])
+    batch = make_batch(items.tolist(), [[0.0, 0.0, 30.0, 60.0]], [90.0])
+    o, _, trace = model.encode(items)
+    _, state = model.self_supervised_losses(batch, o[:, -1], trace)
+    # by hand: run the recurrence in a loop, then the forward and backward states
+    z = mixer.in_proj(model.embed(items))
+    conv_in = z[..., :-1] * (items > 0)[..., None]
+    dt = z[..., -1]
+    xbc = F.silu(F.conv1d(F.pad(conv_in.transpose(1, 2), (3, 0)), mixer.conv.weight, mixer.conv.bias, groups=conv_in.shape[-1]).transpose(1, 2))
+    x, b = xbc[..., :8], xbc[..., 8:12]
+    h = torch.zeros(4, 8, dtype=torch.float64)
+    A = -math.exp(mixer.A_log.item())
+    for i in range(1, 4):  # position 0 is padding
+        delta_i = F.softplus(dt[0, i] + mixer.dt_bias)
+        h = torch.exp(delta_i * A) * h + delta_i * torch.outer(b[0, i], x[0, i])
+    z_next = mixer.in_proj(o[0, -1])
+    window = torch.cat([conv_in[0, 1:], z_next[:-1][None]], dim=0)  # positions 2..4 and n+1
+    xbc_next = F.silu((window.T * mixer.conv.weight[:, 0, :]).sum(-1) + mixer.conv.bias)
+    x_next, b_next = xbc_next[:8], xbc_next[8:12]
+    delta_next = F.softplus(z_next[-1] + mixer.dt_bias)
+    forward = torch.exp(delta_next * A) * h + delta_next * torch.outer(b_next, x_next)
+    p_bar = torch.exp(delta_next * 0.7) if state_p == "learned" else torch.tensor(-1.0 / A, dtype=torch.float64)
+    q = mixer.q_proj.weight @ x[0, -1]
+    backward = p_bar * forward + delta_next * torch.outer(q, x[0, -1])
+    expected = ((h - backward) ** 2).sum() / delta_next**2
+    assert state.item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_training_losses_are_finite_and_backpropagate():
+    torch.manual_seed(0)
+    model = T2ARec(T2ARecConfig(num_items=20, hidden_size=8, state_size=4, chunk_size=4, dropout=0.0), mu_time=0.1, mu_state=1.0)
+    items = torch.tensor([[0, 0, 1, 2, 3], [4, 5, 6, 7, 8]])
+    targets = torch.tensor([[0, 0, 2, 3, 4], [5, 6, 7, 8, 9]])
+    batch = SeqBatch(items, torch.rand(2, 5) * 100, torch.tensor([10.0, 20.0]), targets)
+    losses = model.training_losses(batch)
+    assert set(losses) == {"rec", "time", "state", "total"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["total"].backward()
+    assert model.layers[0].mixer.q_proj.weight.grad.abs().sum() > 0
+    assert model.layers[0].mixer.dt_bias.grad.abs().sum() > 0
+    # the rec loss is the mean cross-entropy over the 7 real targets
+    o, _, _ = model.encode(items)
+    logits = o[targets > 0] @ model.item_embedding.weight[1:].T
+    assert losses["rec"].item() == pytest.approx(F.cross_entropy(logits, targets[targets > 0] - 1).item(), rel=1e-5)
+
+
+def test_padding_never_ranks():
+    model = tiny_model()
+    scores = model.score(make_batch([[1, 2, 3]], [[0.0, 1.0, 1.0]], [1.0]))
+    assert scores.shape == (1, 20)  # items 1..20 only

@@ -1,0 +1,73 @@
+"""One short end-to-end run of the CLI on a small synthetic dataset, then re-evaluation and errors."""
+import json
+
+from typer.testing import CliRunner
+
+from t2arec.cli import app
+
+runner = CliRunner()
+SMALL = ["data.synthetic_users=150", "data.synthetic_items=60", "data.max_len=20", "--epochs", "2", "--quiet"]
+
+
+def test_run_writes_results_and_checkpoint_then_evaluate_reproduces_them(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--out", str(out), "--seed", "3", *SMALL])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    for key in ("model", "dataset", "config", "seed", "best_epoch", "train_seconds", "valid", "test", "test_no_tta", "segments"):
+        assert key in results
+    assert results["model"] == "t2arec" and results["seed"] == 3
+    assert set(results["dataset"]) >= {"name", "users", "items", "interactions"}
+    assert results["dataset"]["users"] == 150
+    assert len(results["segments"]) == 4
+    assert sum(s["users"] for s in results["segments"]) == 150
+    for block in [results["test"], results["test_no_tta"], *(s["test"] for s in results["segments"])]:
+        assert set(block) >= {"recall@10", "mrr@10", "ndcg@10"}
+        assert 0.0 <= block["ndcg@10"] <= block["recall@10"] <= 1.0
+    assert results["alignment"]["applied"] and results["alignment"]["param_shift_mean"] > 0
+    assert (out / "checkpoint").is_file()
+    assert "ndcg@10" in result.output
+
+    again = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(out / "checkpoint"), "--out", str(again), "--quiet"])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((again / "results.json").read_text())
+    assert evaluated["test"] == results["test"]
+    assert evaluated["test_no_tta"] == results["test_no_tta"]
+
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(out / "checkpoint"), "--out", str(again), "--no-align", "--quiet"])
+    assert json.loads((again / "results.json").read_text())["test"] == results["test_no_tta"]
+
+
+def test_same_seed_same_metrics(tmp_path):
+    metrics = []
+    for name in ("a", "b"):
+        result = runner.invoke(app, ["run", "--out", str(tmp_path / name), "--seed", "5", *SMALL])
+        assert result.exit_code == 0, result.output
+        metrics.append(json.loads((tmp_path / name / "results.json").read_text())["test"])
+    assert metrics[0] == metrics[1]
+
+
+def test_no_align_repeats_unaligned_metrics(tmp_path):
+    result = runner.invoke(app, ["run", "--out", str(tmp_path), "--no-align", *SMALL])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["test"] == results["test_no_tta"]
+    assert not results["alignment"]["applied"]
+
+
+def test_malformed_file_gives_one_line_error(tmp_path):
+    bad = tmp_path / "bad.inter"
+    bad.write_text("user_id:token\titem_id:token\ttimestamp:float\n1\t2\tnot-a-time\n")
+    result = runner.invoke(app, ["run", "--data", str(bad), "--out", str(tmp_path / "o"), "--quiet"])
+    assert result.exit_code == 2
+    lines = [l for l in result.output.strip().splitlines() if l]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "bad.inter" in lines[0]
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_unknown_override_key_is_an_error(tmp_path):
+    result = runner.invoke(app, ["run", "--out", str(tmp_path), "model.hiden_size=3", "--quiet"])
+    assert result.exit_code == 2
+    assert "hiden_size" in result.output
