@@ -25,10 +25,15 @@ class AlignConfig:
     mu_state: float = 1e-1  # mu2_test
     optimizer: str = "sgd"  # "sgd": theta -= alpha * grad (Algorithm 1); "adam": fresh Adam state per batch
     batch_size: int = 4096
+    # step sizes to choose ``lr`` from on the validation split after training (empty: keep ``lr``)
+    lr_grid: tuple[float, ...] = (0.005, 0.05, 0.5, 1.0, 2.0, 5.0, 10.0)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"align.optimizer must be 'sgd' or 'adam', not {self.optimizer!r}")
+        self.lr_grid = tuple(float(v) for v in self.lr_grid)
+        if any(v <= 0 for v in self.lr_grid):
+            raise ValueError("align.lr_grid values must be positive")
         if self.steps < 0:
             raise ValueError("align.steps must be >= 0")
 

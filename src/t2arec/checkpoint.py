@@ -32,13 +32,15 @@ def atomic_write(path: str | Path, write: Any) -> None:
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, config: dict[str, Any],
-                    item_ids: list, dataset: dict[str, Any]) -> None:
+                    item_ids: list, dataset: dict[str, Any], training: dict[str, Any]) -> None:
+    """``training``: best epoch, training seconds and validation metrics, kept for re-evaluation."""
     payload = {
         "format_version": FORMAT_VERSION,
         "config": config,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "item_ids": list(item_ids),
         "dataset": dataset,
+        "training": training,
     }
     atomic_write(path, lambda handle: torch.save(payload, handle))
 

@@ -82,6 +82,9 @@ def _parse_value(text: str, kind: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected true or false, got {text!r}")
     if origin is dict or kind is dict:
         return parse_mapping(text, key)
+    if origin is tuple:
+        item_kind = typing.get_args(kind)[0]
+        return tuple(_parse_value(part.strip(), item_kind, key) for part in text.split(",") if part.strip())
     try:
         return kind(text)
     except (TypeError, ValueError):
@@ -105,6 +108,8 @@ def _coerce(value: Any, kind: Any, key: str) -> Any:
         return _parse_value(value, kind, key)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typing.get_origin(kind) is tuple and isinstance(value, list):
+        return tuple(value)
     return value
 
 

@@ -6,6 +6,7 @@ favour the target. History items are not masked (RecBole's protocol for sequenti
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -79,3 +80,22 @@ def evaluate(
     model.train(was_training)
     all_ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
     return EvalResult(all_ranks, metrics_from_ranks(all_ranks, ks), shifts, time.perf_counter() - start)
+
+
+def select_alignment_lr(model: SequentialRecommender, valid: Examples, align: AlignConfig,
+                        device: torch.device | str = "cpu") -> tuple[float, list[dict[str, float]]]:
+    """Pick the test-time step size with the best validation NDCG@10 from ``align.lr_grid``.
+
+    Only the validation split is used, never test. Ties keep the smaller step.
+    Returns the chosen step size and one row per candidate (lr, metrics, mean parameter shift).
+    """
+    if not align.lr_grid or not model.has_alignment_loss or not align.enabled or align.steps == 0:
+        return align.lr, []
+    rows, best_lr, best = [], align.lr, -1.0
+    for lr in sorted(align.lr_grid):
+        result = evaluate(model, valid, dataclasses.replace(align, lr=lr), batch_size=align.batch_size, device=device)
+        ndcg = result.metrics["ndcg@10"]
+        rows.append({"lr": lr, **result.metrics, "param_shift": float(np.mean(result.param_shift))})
+        if ndcg > best:
+            best_lr, best = lr, ndcg
+    return best_lr, rows

@@ -23,7 +23,7 @@ from t2arec.data.prepare import prepare
 from t2arec.data.readers import read_interactions
 from t2arec.data.synthetic import make_synthetic
 from t2arec.data.types import DataError, SequenceData
-from t2arec.evaluate import EvalResult, evaluate, time_segments
+from t2arec.evaluate import EvalResult, evaluate, select_alignment_lr, time_segments
 from t2arec.models import build_model
 from t2arec.models.base import SequentialRecommender
 from t2arec.train import train
@@ -76,7 +76,7 @@ def evaluate_split(model: SequentialRecommender, examples: Examples, align: Alig
     return Evaluation(aligned, unaligned, time_segments(examples.target_times, SEGMENTS), examples.target_times)
 
 
-def results_block(ev: Evaluation) -> dict[str, Any]:
+def results_block(ev: Evaluation, align: AlignConfig) -> dict[str, Any]:
     """The ``test``/``test_no_tta``/``segments``/``alignment`` part of results.json."""
     aligned = ev.aligned or ev.unaligned
     seg_aligned = aligned.segment_metrics(ev.segments)
@@ -93,7 +93,9 @@ def results_block(ev: Evaluation) -> dict[str, Any]:
         "test": aligned.metrics,
         "test_no_tta": ev.unaligned.metrics,
         "segments": segments,
-        "alignment": {"applied": ev.aligned is not None,
+        "alignment": {"applied": ev.aligned is not None, "optimizer": align.optimizer, "lr": align.lr,
+                      "steps": align.steps, "mu_time": align.mu_time, "mu_state": align.mu_state,
+                      "batch_size": align.batch_size,
                       "param_shift_mean": float(np.mean(shifts)) if shifts else 0.0,
                       "seconds": ev.aligned.seconds if ev.aligned else 0.0,
                       "seconds_no_tta": ev.unaligned.seconds},
@@ -119,20 +121,20 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[str,
     seed_everything(cfg.seed)
     model = build_model(cfg, data.num_items).to(device)
     trained = train(model, windows, valid, cfg.train, cfg.align, seed=cfg.seed, device=device, progress=progress)
-    save_checkpoint(out_dir / "checkpoint", model, cfg.to_dict(), data.item_ids, data.report.to_dict())
-
+    cfg.align.lr, lr_table = select_alignment_lr(model, valid, cfg.align, device)
     valid_ev = evaluate_split(model, valid, cfg.align, device)
+    training = {"best_epoch": trained.best_epoch, "train_seconds": trained.train_seconds,
+                "valid": (valid_ev.aligned or valid_ev.unaligned).metrics, "valid_no_tta": valid_ev.unaligned.metrics}
+    save_checkpoint(out_dir / "checkpoint", model, cfg.to_dict(), data.item_ids, data.report.to_dict(), training)
     test_ev = evaluate_split(model, test, cfg.align, device, progress=progress)
     results = {
         "model": cfg.model_name,
         "dataset": data.report.to_dict(),
         "config": cfg.to_dict(),
         "seed": cfg.seed,
-        "best_epoch": trained.best_epoch,
-        "train_seconds": trained.train_seconds,
-        "valid": (valid_ev.aligned or valid_ev.unaligned).metrics,
-        "valid_no_tta": valid_ev.unaligned.metrics,
-        **results_block(test_ev),
+        **training,
+        **results_block(test_ev, cfg.align),
+        "alignment_selection": lr_table,
         "history": trained.history,
     }
     write_json(out_dir / "results.json", results)
@@ -189,6 +191,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, cfg_changes
     test = evaluation_examples(data, "test", cfg.data.max_len)
     test_ev = evaluate_split(model, test, cfg.align, device, progress=progress)
     results = {"model": cfg.model_name, "dataset": data.report.to_dict(), "config": cfg.to_dict(),
-               "seed": cfg.seed, "checkpoint": str(checkpoint), **results_block(test_ev)}
+               "seed": cfg.seed, **payload["training"], "checkpoint": str(checkpoint),
+               **results_block(test_ev, cfg.align)}
     write_json(Path(out_dir) / "results.json", results)
     return results

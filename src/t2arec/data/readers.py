@@ -287,7 +287,7 @@ def _resolve_columns(header: list[str], fmt: str, columns: dict[str, str] | None
             if name is None:
                 raise DataError(f"{path}: missing {role} column (looked for "
                                 f"{', '.join(candidates)}); columns found: {found}; "
-                                f"pass columns={{'{role}': ...}}")
+                                f"map it with --columns {role}=COLUMN (columns={{'{role}': ...}} in Python)")
         if keys.count(name) > 1:
             raise DataError(f"{path}: column {name!r} appears {keys.count(name)} times in the header")
         chosen[role] = name
