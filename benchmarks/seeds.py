@@ -4,19 +4,41 @@
 
 Extra arguments are passed on as config overrides (section.key=value). Finished seeds are reused
 from ``OUT/seed-N/results.json``, so an interrupted run can be resumed.
+
+With ``--adam-grid 1e-4 3e-4 1e-3`` each seed's checkpoint is also evaluated with a one-step Adam
+alignment whose learning rate is chosen on the validation split from that grid (rows
+``valid_adam``/``test_adam``).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
 import numpy as np
 
 from t2arec.config import RunConfig, apply_overrides, validate
-from t2arec.pipeline import run
+from t2arec.data.batching import evaluation_examples
+from t2arec.evaluate import evaluate, select_alignment_lr
+from t2arec.pipeline import load_data, load_model, remap_items, run
 
 KEYS = ("recall@10", "mrr@10", "ndcg@10")
+
+
+def adam_alignment(run_dir: Path, grid: list[float]) -> dict:
+    """Validation-chosen one-step Adam alignment on a finished run's checkpoint."""
+    model, cfg, payload = load_model(run_dir / "checkpoint")
+    data = remap_items(load_data(cfg), payload["item_ids"])
+    valid = evaluation_examples(data, "valid", cfg.data.max_len)
+    test = evaluation_examples(data, "test", cfg.data.max_len)
+    adam = dataclasses.replace(cfg.align, optimizer="adam", lr_grid=tuple(grid))
+    lr, table = select_alignment_lr(model, valid, adam)
+    chosen = dataclasses.replace(adam, lr=lr)
+    best_valid = next(row for row in table if row["lr"] == lr)
+    print(f"  adam: chosen lr {lr:g} on validation from {grid}")
+    return {"valid_adam": {k: best_valid[k] for k in KEYS},
+            "test_adam": evaluate(model, test, chosen, batch_size=chosen.batch_size).metrics}
 
 
 def main() -> None:
@@ -25,6 +47,7 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=50)
     parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/seeds"))
+    parser.add_argument("--adam-grid", type=float, nargs="*", default=[])
     args, overrides = parser.parse_known_args()
 
     rows = []
@@ -39,6 +62,8 @@ def main() -> None:
                 cfg.data.path = args.data
             validate(cfg)
             results = run(cfg, out, progress=False)
+        if args.adam_grid:
+            results.update(adam_alignment(out, args.adam_grid))
         rows.append(results)
         print(f"seed {seed}: best epoch {results['best_epoch']}, step {results['alignment']['lr']:g}, "
               f"valid {results['valid']['ndcg@10']:.4f}, test {results['test']['ndcg@10']:.4f}, "
@@ -47,7 +72,8 @@ def main() -> None:
     print(f"\n{len(rows)} seeds ({', '.join(map(str, args.seeds))}), mean ± std\n")
     print("| split | " + " | ".join(KEYS) + " |")
     print("|---|" + "---|" * len(KEYS))
-    for split in ("valid_no_tta", "valid", "test_no_tta", "test"):
+    splits = ["valid_no_tta", "valid", "test_no_tta", "test"] + (["valid_adam", "test_adam"] if args.adam_grid else [])
+    for split in splits:
         cells = []
         for key in KEYS:
             values = np.array([r[split][key] for r in rows])

@@ -71,3 +71,37 @@ def test_unknown_override_key_is_an_error(tmp_path):
     result = runner.invoke(app, ["run", "--out", str(tmp_path), "model.hiden_size=3", "--quiet"])
     assert result.exit_code == 2
     assert "hiden_size" in result.output
+
+
+def small_log():
+    """A small synthetic log as a polars frame (user, item, time in seconds)."""
+    from t2arec.data.synthetic import make_synthetic
+
+    frame = make_synthetic(num_users=120, num_items=50, seed=4).frame
+    return frame
+
+
+def test_csv_with_column_mapping_and_milliseconds_runs_end_to_end(tmp_path):
+    frame = small_log()
+    path = tmp_path / "log.csv"
+    frame.select(uid=frame["user"], movie=frame["item"], rating=1, ts=(frame["time"] * 1000).cast(int)).write_csv(path)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", "--data", str(path), "--columns", "user=uid,item=movie,time=ts",
+                                 "--epochs", "1", "--max-len", "20", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    dataset = json.loads((out / "results.json").read_text())["dataset"]
+    assert dataset["time_unit"] == "milliseconds"
+    assert dataset["users"] == 120 and dataset["interactions"] == frame.height
+
+
+def test_recbole_atomic_file_with_extra_columns_runs_end_to_end(tmp_path):
+    frame = small_log()
+    path = tmp_path / "log.inter"
+    lines = ["session_id:token\tuser_id:token\titem_id:token\ttimestamp:float"]
+    lines += [f"s\t{u}\t{i}\t{t:.0f}" for u, i, t in frame.iter_rows()]
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", "--data", str(path), "--epochs", "1", "--max-len", "20", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    dataset = json.loads((out / "results.json").read_text())["dataset"]
+    assert dataset["time_unit"] == "seconds" and dataset["users"] == 120

@@ -17,7 +17,7 @@ import torch
 
 from t2arec.align import AlignConfig
 from t2arec.checkpoint import atomic_write, load_checkpoint, save_checkpoint
-from t2arec.config import RunConfig, validate
+from t2arec.config import DataConfig, RunConfig, TrainConfig, validate
 from t2arec.data.batching import Examples, evaluation_examples, training_windows
 from t2arec.data.prepare import prepare
 from t2arec.data.readers import read_interactions
@@ -26,6 +26,7 @@ from t2arec.data.types import DataError, SequenceData
 from t2arec.evaluate import EvalResult, evaluate, select_alignment_lr, time_segments
 from t2arec.models import build_model
 from t2arec.models.base import SequentialRecommender
+from t2arec.models.t2arec import T2ARecConfig
 from t2arec.train import train
 
 SEGMENTS = 4
@@ -159,9 +160,7 @@ def remap_items(data: SequenceData, item_ids: list) -> SequenceData:
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
-    from t2arec.config import DataConfig, TrainConfig
-    from t2arec.models.t2arec import T2ARecConfig
-
+    """The inverse of ``RunConfig.to_dict`` (as stored in a checkpoint)."""
     return RunConfig(model_name=raw["model_name"], seed=raw["seed"], device=raw["device"],
                      data=DataConfig(**raw["data"]), model=T2ARecConfig(**raw["model"]),
                      train=TrainConfig(**raw["train"]), align=AlignConfig(**raw["align"]))
