@@ -40,7 +40,7 @@ class T2ARecConfig:
     output_gate: bool = False  # Mamba-2's y * SiLU(z); not in the paper's in-projection size
     time_transform: str = "log1p"  # g in T_i = g(t_i - t_{i-1}): "log1p" or "identity"
     # lambda in the hinge max(0, 1 - dDelta * dT / lambda). The spec says 1, at which the hinge is a
-    # constant (Delta varies by ~1e-3, log gaps by ~5); 0.005 makes it active: docs/ml100k.md
+    # constant on ML-100K; 0.005 makes it active (measured in docs/ml100k.md)
     time_scale: float = 0.005
     time_block: int = 16  # b, pairs are taken inside non-overlapping blocks of b positions
     state_p: str = "learned"  # Pbar = exp(Delta P) with P learned, or "theorem": Pbar = -1/A
