@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from t2arec.align import AlignConfig
+from t2arec.models import model_spec
 from t2arec.models.t2arec import T2ARecConfig
 
 
@@ -55,7 +56,7 @@ class RunConfig:
     seed: int = 2026
     device: str = "cpu"
     data: DataConfig = field(default_factory=DataConfig)
-    model: T2ARecConfig = field(default_factory=T2ARecConfig)
+    model: Any = field(default_factory=T2ARecConfig)  # the config dataclass of ``model_name``
     train: TrainConfig = field(default_factory=TrainConfig)
     align: AlignConfig = field(default_factory=AlignConfig)
 
@@ -130,6 +131,11 @@ def set_value(cfg: RunConfig, dotted: str, value: Any, from_text: bool) -> None:
         known = ", ".join(k for k in types if k not in SECTIONS)
         raise ConfigError(f"unknown config key {dotted!r} (known: {known})")
     parsed = _parse_value(value, types[key], dotted) if from_text else _coerce(value, types[key], dotted)
+    if target is cfg and key == "model_name" and parsed != cfg.model_name:
+        try:  # a different model brings its own [model] section, with its defaults
+            cfg.model = model_spec(parsed).config()
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     setattr(target, key, parsed)
 
 
@@ -164,7 +170,7 @@ def load_config_file(cfg: RunConfig, path: str | Path) -> None:
 def validate(cfg: RunConfig) -> None:
     """Re-run the dataclasses' own checks after overrides and cross-check a few values."""
     try:
-        cfg.model = T2ARecConfig(**dataclasses.asdict(cfg.model))
+        cfg.model = type(cfg.model)(**dataclasses.asdict(cfg.model))
         cfg.align = AlignConfig(**dataclasses.asdict(cfg.align))
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from None

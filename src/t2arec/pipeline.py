@@ -24,9 +24,8 @@ from t2arec.data.readers import read_interactions
 from t2arec.data.synthetic import make_synthetic
 from t2arec.data.types import DataError, SequenceData
 from t2arec.evaluate import EvalResult, evaluate, select_alignment_lr, time_segments
-from t2arec.models import build_model
+from t2arec.models import build_model, model_spec
 from t2arec.models.base import SequentialRecommender
-from t2arec.models.t2arec import T2ARecConfig
 from t2arec.train import train
 
 SEGMENTS = 4
@@ -162,7 +161,7 @@ def remap_items(data: SequenceData, item_ids: list) -> SequenceData:
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
     """The inverse of ``RunConfig.to_dict`` (as stored in a checkpoint)."""
     return RunConfig(model_name=raw["model_name"], seed=raw["seed"], device=raw["device"],
-                     data=DataConfig(**raw["data"]), model=T2ARecConfig(**raw["model"]),
+                     data=DataConfig(**raw["data"]), model=model_spec(raw["model_name"]).config(**raw["model"]),
                      train=TrainConfig(**raw["train"]), align=AlignConfig(**raw["align"]))
 
 

@@ -1,0 +1,44 @@
+import pytest
+
+from t2arec.config import ConfigError, RunConfig, apply_overrides, load_config_file, validate
+
+
+def test_overrides_are_typed():
+    cfg = RunConfig()
+    apply_overrides(cfg, ["model.dropout=0.3", "train.epochs=7", "align.enabled=false",
+                          "align.lr_grid=0.1,1", "data.columns=user=u,item=i", "data.path=none", "seed=9"])
+    assert cfg.model.dropout == 0.3 and cfg.train.epochs == 7 and cfg.align.enabled is False
+    assert cfg.align.lr_grid == (0.1, 1.0) and cfg.data.columns == {"user": "u", "item": "i"}
+    assert cfg.data.path is None and cfg.seed == 9
+
+
+@pytest.mark.parametrize("override,message", [
+    ("model.hiden_size=3", "unknown config key 'model.hiden_size'"),
+    ("modl.dropout=0.1", "unknown config section 'modl'"),
+    ("train.epochs=many", "train.epochs: expected int"),
+    ("align.enabled=maybe", "expected true or false"),
+    ("model_name=nope", "unknown model 'nope'"),
+    ("dropout", "not of the form"),
+])
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(RunConfig(), [override])
+
+
+def test_validate_reruns_field_checks():
+    cfg = RunConfig()
+    apply_overrides(cfg, ["model.time_transform=sqrt"])
+    with pytest.raises(ConfigError, match="time_transform"):
+        validate(cfg)
+
+
+def test_toml_config_file(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('seed = 4\n[model]\ndropout = 0.1\ntime_scale = 1\n[align]\nlr_grid = [0.5, 2]\n')
+    cfg = RunConfig()
+    load_config_file(cfg, path)
+    assert cfg.seed == 4 and cfg.model.dropout == 0.1 and cfg.model.time_scale == 1.0
+    assert cfg.align.lr_grid == (0.5, 2.0)
+    path.write_text("[model]\nnot_a_key = 1\n")
+    with pytest.raises(ConfigError, match="not_a_key"):
+        load_config_file(RunConfig(), path)
