@@ -1,9 +1,11 @@
 """One short end-to-end run of the CLI on a small synthetic dataset, then re-evaluation and errors."""
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from t2arec.cli import app
+from t2arec.models import MODEL_NAMES
 
 runner = CliRunner()
 SMALL = ["data.synthetic_users=150", "data.synthetic_items=60", "data.max_len=20", "--epochs", "2", "--quiet"]
@@ -105,3 +107,14 @@ def test_recbole_atomic_file_with_extra_columns_runs_end_to_end(tmp_path):
     assert result.exit_code == 0, result.output
     dataset = json.loads((out / "results.json").read_text())["dataset"]
     assert dataset["time_unit"] == "seconds" and dataset["users"] == 120
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_every_registered_model_runs_through_the_cli(tmp_path, name):
+    result = runner.invoke(app, ["run", "--model", name, "--out", str(tmp_path), "data.synthetic_users=100",
+                                 "data.synthetic_items=40", "--max-len", "12", "--epochs", "1", "--quiet"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["model"] == name and 0.0 <= results["test"]["ndcg@10"] <= 1.0
+    # only a model with a self-supervised loss is aligned; the others report their plain metrics twice
+    assert results["alignment"]["applied"] == (name == "t2arec")

@@ -9,20 +9,33 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from t2arec.models.base import SeqBatch, SequentialRecommender
+from t2arec.models.bert4rec import BERT4Rec, BERT4RecConfig
+from t2arec.models.caser import Caser, CaserConfig
+from t2arec.models.gru4rec import GRU4Rec, GRU4RecConfig
+from t2arec.models.mamba4rec import Mamba4Rec, Mamba4RecConfig
+from t2arec.models.sasrec import SASRec, SASRecConfig
 from t2arec.models.t2arec import T2ARec, T2ARecConfig
 
 if TYPE_CHECKING:
-    from t2arec.config import RunConfig, TrainConfig
+    from t2arec.config import RunConfig
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     config: type  # the model's config dataclass
-    build: Callable[[Any, "TrainConfig"], SequentialRecommender]  # (model config, training config) -> model
+    # (model config with num_items set, the whole run config) -> model; the run config supplies what a
+    # model takes from other sections (T2ARec's training loss weights, the input length)
+    build: Callable[[Any, "RunConfig"], SequentialRecommender]
 
 
 REGISTRY: dict[str, ModelSpec] = {
-    "t2arec": ModelSpec(T2ARecConfig, lambda cfg, train: T2ARec(cfg, mu_time=train.mu_time, mu_state=train.mu_state)),
+    "t2arec": ModelSpec(T2ARecConfig, lambda m, run: T2ARec(m, mu_time=run.train.mu_time, mu_state=run.train.mu_state)),
+    "sasrec": ModelSpec(SASRecConfig, lambda m, run: SASRec(dataclasses.replace(m, max_len=run.data.max_len))),
+    "gru4rec": ModelSpec(GRU4RecConfig, lambda m, run: GRU4Rec(m)),
+    "caser": ModelSpec(CaserConfig, lambda m, run: Caser(dataclasses.replace(m, window=min(m.window, run.data.max_len)))),
+    "bert4rec": ModelSpec(BERT4RecConfig,
+                          lambda m, run: BERT4Rec(dataclasses.replace(m, max_seq_length=run.data.max_len))),
+    "mamba4rec": ModelSpec(Mamba4RecConfig, lambda m, run: Mamba4Rec(m)),
 }
 MODEL_NAMES = tuple(REGISTRY)
 
@@ -35,7 +48,7 @@ def model_spec(name: str) -> ModelSpec:
 
 def build_model(cfg: "RunConfig", num_items: int) -> SequentialRecommender:
     spec = model_spec(cfg.model_name)
-    return spec.build(dataclasses.replace(cfg.model, num_items=num_items), cfg.train)
+    return spec.build(dataclasses.replace(cfg.model, num_items=num_items), cfg)
 
 
 __all__ = ["SeqBatch", "SequentialRecommender", "T2ARec", "T2ARecConfig", "REGISTRY", "MODEL_NAMES",

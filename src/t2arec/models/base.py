@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -59,3 +60,43 @@ class SequentialRecommender(nn.Module):
     def alignment_loss(self, batch: SeqBatch, mu_time: float, mu_state: float) -> Tensor:
         """Label-free loss for test-time alignment (only when ``has_alignment_loss``)."""
         raise NotImplementedError(f"{type(self).__name__} has no self-supervised alignment loss")
+
+
+def init_normal_(model: nn.Module, std: float = 0.02) -> None:
+    """BERT-style initialisation: Linear and Embedding weights N(0, std), Linear biases 0,
+    LayerNorm weight 1 and bias 0. Models re-initialise their special parameters afterwards."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+        if isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
+class NextItemModel(SequentialRecommender):
+    """A causal model whose output at position t predicts the item after input t.
+
+    Subclasses provide ``item_embedding`` (row 0 is padding) and ``encode(items) -> (B, L, d)``;
+    this class adds tied scoring (padding never ranks), the cross-entropy of every position that has
+    a target (all prefixes of a window in one pass) and the score at the last position.
+    """
+
+    item_embedding: nn.Embedding
+
+    def encode(self, items: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def item_scores(self, hidden: Tensor) -> Tensor:
+        """(..., d) -> (..., num_items) against item embeddings 1..num_items."""
+        return hidden @ self.item_embedding.weight[1:].T
+
+    def training_losses(self, batch: SeqBatch) -> dict[str, Tensor]:
+        hidden = self.encode(batch.items)
+        has_target = batch.targets > 0
+        rec = F.cross_entropy(self.item_scores(hidden[has_target]), batch.targets[has_target] - 1)
+        return {"rec": rec, "total": rec}
+
+    def score(self, batch: SeqBatch) -> Tensor:
+        return self.item_scores(self.encode(batch.items)[:, -1])

@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2arec.models.base import SeqBatch, SequentialRecommender
+from t2arec.models.base import SeqBatch, SequentialRecommender, init_normal_
+from t2arec.models.layers import FeedForward
 from t2arec.models.ssd import scan_chunked, scan_sequential
 
 
@@ -148,17 +149,6 @@ class T2AMambaBlock(nn.Module):
         return x, b, delta
 
 
-class FeedForward(nn.Module):
-    def __init__(self, d: int, dropout: float) -> None:
-        super().__init__()
-        self.w1, self.w2 = nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
-        self.dropout = nn.Dropout(dropout)
-        self.norm = nn.LayerNorm(d, eps=1e-12)
-
-    def forward(self, a: Tensor) -> Tensor:
-        return self.norm(self.dropout(self.w2(self.dropout(F.gelu(self.w1(a))))) + a)
-
-
 class T2ARecLayer(nn.Module):
     def __init__(self, cfg: T2ARecConfig) -> None:
         super().__init__()
@@ -189,14 +179,7 @@ class T2ARec(SequentialRecommender):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for module in self.modules():
-            if isinstance(module, (nn.Linear, nn.Embedding)):
-                nn.init.normal_(module.weight, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
-            if isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        init_normal_(self, std=0.02)
         for layer in self.layers:
             layer.mixer.reset_ssm_parameters()
 
