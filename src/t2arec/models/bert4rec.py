@@ -21,7 +21,6 @@ left padding changes no real token's position and attention never looks at paddi
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2arec.models.base import SeqBatch, SequentialRecommender, init_normal_
+from t2arec.models.layers import TransformerLayer
 
 
 @dataclass
@@ -53,57 +53,6 @@ class BERT4RecConfig:
             raise ValueError("ft_ratio must be in [0, 1]")
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention with a residual and post-LayerNorm, keys restricted to real tokens."""
-
-    def __init__(self, cfg: BERT4RecConfig) -> None:
-        super().__init__()
-        d = cfg.hidden_size
-        self.num_heads, self.head_size = cfg.num_heads, d // cfg.num_heads
-        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
-        self.attn_dropout = nn.Dropout(cfg.attn_dropout)
-        self.dense = nn.Linear(d, d)
-        self.out_dropout = nn.Dropout(cfg.hidden_dropout)
-        self.norm = nn.LayerNorm(d, eps=1e-12)
-
-    def split_heads(self, t: Tensor) -> Tensor:
-        bsz, length, _ = t.shape
-        return t.view(bsz, length, self.num_heads, self.head_size).transpose(1, 2)  # (B, heads, T, d_h)
-
-    def forward(self, h: Tensor, key_mask: Tensor) -> Tensor:
-        """h: (B, T, d), key_mask: (B, T) bool, True at real tokens."""
-        q, k, v = self.split_heads(self.query(h)), self.split_heads(self.key(h)), self.split_heads(self.value(h))
-        logits = q @ k.transpose(-1, -2) / math.sqrt(self.head_size)  # (B, heads, T, T)
-        # the most negative finite value: padding gets weight exactly 0, and a row of padding stays finite
-        logits = logits.masked_fill(~key_mask[:, None, None, :], torch.finfo(logits.dtype).min)
-        probs = self.attn_dropout(logits.softmax(dim=-1))
-        context = (probs @ v).transpose(1, 2).reshape(h.shape)
-        return self.norm(self.out_dropout(self.dense(context)) + h)
-
-
-class FeedForward(nn.Module):
-    """Position-wise FFN, GELU, residual and post-LayerNorm (no dropout inside, as in BERT)."""
-
-    def __init__(self, cfg: BERT4RecConfig) -> None:
-        super().__init__()
-        self.w1, self.w2 = nn.Linear(cfg.hidden_size, cfg.inner_size), nn.Linear(cfg.inner_size, cfg.hidden_size)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
-        self.norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
-
-    def forward(self, a: Tensor) -> Tensor:
-        return self.norm(self.dropout(self.w2(F.gelu(self.w1(a)))) + a)
-
-
-class TransformerLayer(nn.Module):
-    def __init__(self, cfg: BERT4RecConfig) -> None:
-        super().__init__()
-        self.attention = SelfAttention(cfg)
-        self.ffn = FeedForward(cfg)
-
-    def forward(self, h: Tensor, key_mask: Tensor) -> Tensor:
-        return self.ffn(self.attention(h, key_mask))
-
-
 class BERT4Rec(SequentialRecommender):
     uses_time = False
     has_alignment_loss = False
@@ -117,7 +66,9 @@ class BERT4Rec(SequentialRecommender):
         self.position_embedding = nn.Embedding(self.max_tokens, cfg.hidden_size)
         self.embed_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
         self.embed_dropout = nn.Dropout(cfg.hidden_dropout)
-        self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(
+            TransformerLayer(cfg.hidden_size, cfg.num_heads, cfg.inner_size, cfg.hidden_dropout, cfg.attn_dropout)
+            for _ in range(cfg.num_layers))
         self.output_dense = nn.Linear(cfg.hidden_size, cfg.hidden_size)
         self.output_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
         self.output_bias = nn.Parameter(torch.zeros(cfg.num_items))
@@ -138,9 +89,9 @@ class BERT4Rec(SequentialRecommender):
         positions = torch.arange(length - 1, -1, -1, device=tokens.device)  # the last token is position 0
         h = self.item_embedding(tokens) + self.position_embedding(positions)[None]
         h = self.embed_dropout(self.embed_norm(h))
-        key_mask = tokens > 0
+        allowed = (tokens > 0)[:, None, None, :]  # bidirectional: every query sees every real token
         for layer in self.layers:
-            h = layer(h, key_mask)
+            h = layer(h, allowed)
         return self.output_norm(F.gelu(self.output_dense(h)))
 
     def item_scores(self, o: Tensor) -> Tensor:

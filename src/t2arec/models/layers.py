@@ -1,6 +1,9 @@
 """Layers shared by more than one model."""
 from __future__ import annotations
 
+import math
+
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -16,3 +19,52 @@ class FeedForward(nn.Module):
 
     def forward(self, a: Tensor) -> Tensor:
         return self.norm(self.dropout(self.w2(self.dropout(F.gelu(self.w1(a))))) + a)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention, dropout on the probabilities, then residual and post-LayerNorm."""
+
+    def __init__(self, d: int, heads: int, hidden_dropout: float, attn_dropout: float, eps: float) -> None:
+        super().__init__()
+        if d % heads:
+            raise ValueError(f"hidden size {d} is not a multiple of the number of heads {heads}")
+        self.heads = heads
+        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
+        self.dense = nn.Linear(d, d)
+        self.attn_dropout, self.out_dropout = nn.Dropout(attn_dropout), nn.Dropout(hidden_dropout)
+        self.norm = nn.LayerNorm(d, eps=eps)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        """x: (B, T, d); allowed: bool, broadcastable to (B, heads, T, T): query i may attend to key j.
+
+        Every row must allow at least one key. Masked logits take the most negative finite value,
+        so a masked key gets weight exactly 0 and nothing becomes NaN.
+        """
+        bsz, length, d = x.shape
+        head = d // self.heads
+
+        def split(t: Tensor) -> Tensor:  # (B, T, d) -> (B, heads, T, head)
+            return t.view(bsz, length, self.heads, head).transpose(1, 2)
+
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        logits = (q @ k.transpose(-1, -2) / math.sqrt(head)).masked_fill(~allowed, torch.finfo(x.dtype).min)
+        context = (self.attn_dropout(logits.softmax(dim=-1)) @ v).transpose(1, 2).reshape(bsz, length, d)
+        return self.norm(self.out_dropout(self.dense(context)) + x)
+
+
+class TransformerLayer(nn.Module):
+    """RecBole's Transformer layer (SASRec, BERT4Rec): attention, then a position-wise FFN
+    LayerNorm(x + Dropout(W_2 act(W_1 x))) with dropout after the second Linear only."""
+
+    def __init__(self, d: int, heads: int, inner: int, hidden_dropout: float, attn_dropout: float,
+                 eps: float = 1e-12, activation: str = "gelu") -> None:
+        super().__init__()
+        self.attention = SelfAttention(d, heads, hidden_dropout, attn_dropout, eps)
+        self.w1, self.w2 = nn.Linear(d, inner), nn.Linear(inner, d)
+        self.activation = F.gelu if activation == "gelu" else F.relu
+        self.dropout = nn.Dropout(hidden_dropout)
+        self.norm = nn.LayerNorm(d, eps=eps)
+
+    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+        a = self.attention(x, allowed)
+        return self.norm(self.dropout(self.w2(self.activation(self.w1(a)))) + a)

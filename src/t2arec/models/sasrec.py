@@ -18,14 +18,13 @@ therefore changes no id; padding positions get id 0 and are never attended to by
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2arec.models.base import NextItemModel, init_normal_
+from t2arec.models.layers import TransformerLayer
 
 
 @dataclass
@@ -51,58 +50,6 @@ class SASRecConfig:
             raise ValueError("max_len must be >= 1")
 
 
-class SelfAttention(nn.Module):
-    """Multi-head attention with dropout on the probabilities, then residual and LayerNorm."""
-
-    def __init__(self, cfg: SASRecConfig) -> None:
-        super().__init__()
-        d = cfg.hidden_size
-        self.num_heads = cfg.num_heads
-        self.query, self.key, self.value = nn.Linear(d, d), nn.Linear(d, d), nn.Linear(d, d)
-        self.attn_dropout = nn.Dropout(cfg.attn_dropout)
-        self.dense = nn.Linear(d, d)
-        self.out_dropout = nn.Dropout(cfg.hidden_dropout)
-        self.norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps)
-
-    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
-        """x: (B, L, d); allowed: (B, 1, L, L) bool, query i may attend to key j."""
-        bsz, length, d = x.shape
-        head = d // self.num_heads
-
-        def split(t: Tensor) -> Tensor:  # (B, L, d) -> (B, heads, L, head)
-            return t.view(bsz, length, self.num_heads, head).transpose(1, 2)
-
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        logits = q @ k.transpose(-1, -2) / math.sqrt(head)
-        # every query may attend to itself, so no row is all -inf and softmax never gives NaN
-        probs = self.attn_dropout(logits.masked_fill(~allowed, float("-inf")).softmax(dim=-1))
-        context = (probs @ v).transpose(1, 2).reshape(bsz, length, d)
-        return self.norm(self.out_dropout(self.dense(context)) + x)
-
-
-class FeedForward(nn.Module):
-    def __init__(self, cfg: SASRecConfig) -> None:
-        super().__init__()
-        self.dense_1 = nn.Linear(cfg.hidden_size, cfg.inner_size)
-        self.dense_2 = nn.Linear(cfg.inner_size, cfg.hidden_size)
-        self.activation = F.gelu if cfg.hidden_act == "gelu" else F.relu
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
-        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(self.dropout(self.dense_2(self.activation(self.dense_1(x)))) + x)
-
-
-class TransformerLayer(nn.Module):
-    def __init__(self, cfg: SASRecConfig) -> None:
-        super().__init__()
-        self.attention = SelfAttention(cfg)
-        self.ffn = FeedForward(cfg)
-
-    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
-        return self.ffn(self.attention(x, allowed))
-
-
 class SASRec(NextItemModel):
     uses_time = False
     has_alignment_loss = False
@@ -114,7 +61,9 @@ class SASRec(NextItemModel):
         self.position_embedding = nn.Embedding(cfg.max_len, cfg.hidden_size)
         self.embed_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.embed_dropout = nn.Dropout(cfg.hidden_dropout)
-        self.layers = nn.ModuleList(TransformerLayer(cfg) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(
+            TransformerLayer(cfg.hidden_size, cfg.num_heads, cfg.inner_size, cfg.hidden_dropout, cfg.attn_dropout,
+                             cfg.layer_norm_eps, cfg.hidden_act) for _ in range(cfg.num_layers))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
