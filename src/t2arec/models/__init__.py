@@ -15,6 +15,8 @@ from t2arec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from t2arec.models.mamba4rec import Mamba4Rec, Mamba4RecConfig
 from t2arec.models.sasrec import SASRec, SASRecConfig
 from t2arec.models.t2arec import T2ARec, T2ARecConfig
+from t2arec.models.tim4rec import TiM4Rec, TiM4RecConfig
+from t2arec.models.ttt4rec import TTT4Rec, TTT4RecConfig
 
 if TYPE_CHECKING:
     from t2arec.config import RunConfig
@@ -36,6 +38,8 @@ REGISTRY: dict[str, ModelSpec] = {
     "bert4rec": ModelSpec(BERT4RecConfig,
                           lambda m, run: BERT4Rec(dataclasses.replace(m, max_seq_length=run.data.max_len))),
     "mamba4rec": ModelSpec(Mamba4RecConfig, lambda m, run: Mamba4Rec(m)),
+    "tim4rec": ModelSpec(TiM4RecConfig, lambda m, run: TiM4Rec(m)),
+    "ttt4rec": ModelSpec(TTT4RecConfig, lambda m, run: TTT4Rec(m)),
 }
 MODEL_NAMES = tuple(REGISTRY)
 
