@@ -44,9 +44,7 @@ def run_guarded(job: Any) -> Any:
     """Turn the errors a user can cause into one line on stderr and exit code 2."""
     try:
         return job()
-    except (DataError, ConfigError, FileNotFoundError) as err:
-        fail(str(err))
-    except ValueError as err:
+    except (DataError, ConfigError, ValueError, FileNotFoundError) as err:  # the first two are ValueErrors too
         fail(str(err))
 
 
