@@ -2,10 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from t2arec.models.base import SeqBatch
 from t2arec.models.caser import Caser, CaserConfig
 from t2arec.models.gru4rec import GRU4Rec, GRU4RecConfig
 from t2arec.models.sasrec import SASRec, SASRecConfig
+from tests.models.batches import eval_batch, shift_batch, train_batch
 
 NUM_ITEMS = 20
 
@@ -32,34 +32,6 @@ def build(name: str, dropout: bool = False, **overrides):
 
 
 MODELS = ["sasrec", "gru4rec", "caser"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and does not fight other work for the 2 cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def eval_batch(items) -> SeqBatch:
-    items = torch.tensor(items, dtype=torch.long)
-    b, length = items.shape
-    return SeqBatch(items, torch.zeros(b, length), torch.zeros(b), torch.zeros(b, dtype=torch.long))
-
-
-def train_batch(items, targets) -> SeqBatch:
-    items = torch.tensor(items, dtype=torch.long)
-    b, length = items.shape
-    return SeqBatch(items, torch.zeros(b, length), torch.zeros(b), torch.tensor(targets, dtype=torch.long))
-
-
-def shift_batch(sequences, length) -> SeqBatch:
-    """Left-padded training windows: input s[:-1], target s[1:]."""
-    items = [[0] * (length - len(s) + 1) + s[:-1] for s in sequences]
-    targets = [[0] * (length - len(s) + 1) + s[1:] for s in sequences]
-    return train_batch(items, targets)
 
 
 @pytest.mark.parametrize("name", MODELS)

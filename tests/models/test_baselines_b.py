@@ -15,15 +15,6 @@ from t2arec.models.mamba4rec import (
 NUM_ITEMS = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny models: one thread is much faster than two on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_bert(**overrides) -> BERT4Rec:
     torch.manual_seed(0)
     cfg = dict(num_items=NUM_ITEMS, max_seq_length=16, hidden_size=8, num_heads=2, inner_size=16,

@@ -5,14 +5,6 @@ from t2arec.models.base import SeqBatch
 from t2arec.models.tim4rec import TiM4Rec, TiM4RecConfig
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def tiny_model(**overrides) -> TiM4Rec:
     torch.manual_seed(0)
     settings = {"num_items": 20, "hidden_size": 8, "state_size": 4, "head_dim": 4, "num_layers": 2,

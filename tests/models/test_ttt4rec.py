@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from t2arec.models.base import SeqBatch
 from t2arec.models.ttt4rec import TTT4Rec, TTT4RecConfig, layer_norm, ttt_dual_form
+from tests.models.batches import eval_batch, shift_batch
 
 NUM_ITEMS = 20
 KINDS = ["linear", "mlp"]
@@ -16,29 +16,6 @@ def build(kind: str = "linear", dropout: bool = False, **overrides) -> TTT4Rec:
     if not dropout:
         kwargs.update(dropout=0.0)
     return TTT4Rec(TTT4RecConfig(**{**kwargs, **overrides}))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster and does not fight other work for the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-def eval_batch(items) -> SeqBatch:
-    items = torch.as_tensor(items, dtype=torch.long)
-    b, length = items.shape
-    return SeqBatch(items, torch.zeros(b, length), torch.zeros(b), torch.zeros(b, dtype=torch.long))
-
-
-def shift_batch(sequences, length) -> SeqBatch:
-    """Left-padded training windows: input s[:-1], target s[1:]."""
-    items = torch.tensor([[0] * (length - len(s) + 1) + s[:-1] for s in sequences])
-    targets = torch.tensor([[0] * (length - len(s) + 1) + s[1:] for s in sequences])
-    b = items.shape[0]
-    return SeqBatch(items, torch.zeros(b, length), torch.zeros(b), targets)
 
 
 def test_defaults_follow_the_reference_code():
