@@ -8,7 +8,7 @@ from typing import Any, Optional
 import typer
 
 from t2arec.config import ConfigError, RunConfig, apply_overrides, load_config_file, parse_mapping, validate
-from t2arec.data.types import DataError
+from t2arec.data.types import DatasetReport, DataError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="T2ARec: sequential recommendation with test-time alignment.")
@@ -31,13 +31,6 @@ def format_table(results: dict[str, Any]) -> str:
         if metrics:
             lines.append(f"{name:24s}" + "".join(f"{metrics[k]:11.4f}" for k in keys))
     return "\n".join(lines)
-
-
-def dataset_line(dataset: dict[str, Any]) -> str:
-    dropped = ", ".join(f"{k} {v:,}" for k, v in dataset.get("dropped", {}).items() if v) or "none"
-    return (f"dataset {dataset['name']}: {dataset['users']:,} users, {dataset['items']:,} items, "
-            f"{dataset['interactions']:,} interactions (rows read {dataset['rows_read']:,}; time read as "
-            f"{dataset['time_unit']}; dropped: {dropped})")
 
 
 def run_guarded(job: Any) -> Any:
@@ -88,7 +81,7 @@ def run(
         return run_pipeline(cfg, out, progress=not quiet)
 
     results = run_guarded(job)
-    typer.echo(dataset_line(results["dataset"]))
+    typer.echo(DatasetReport(**results["dataset"]).summary())
     typer.echo(f"best epoch {results['best_epoch']}, training {results['train_seconds']:.1f} s")
     typer.echo(format_table(results))
     typer.echo(f"wrote {out / 'results.json'} and {out / 'checkpoint'}")
@@ -113,7 +106,7 @@ def evaluate(
                "columns": parse_mapping(columns) if columns else None,
                "batch_size": batch_size, "align": align, "device": device}
     results = run_guarded(lambda: evaluate_checkpoint(checkpoint, out, changes, progress=not quiet))
-    typer.echo(dataset_line(results["dataset"]))
+    typer.echo(DatasetReport(**results["dataset"]).summary())
     typer.echo(format_table(results))
     typer.echo(f"wrote {out / 'results.json'}")
 

@@ -110,16 +110,4 @@ def _split_by_user(frame: pl.DataFrame, num_users: int) -> tuple[list[np.ndarray
 
 def dataset_summary(data: SequenceData) -> str:
     """A few human-readable lines about where the data came from and what was kept."""
-    r = data.report
-    dropped = ", ".join(f"{k} {v:,}" for k, v in r.dropped.items()) or "none"
-    avg = r.interactions / r.users if r.users else 0.0
-    return "\n".join([
-        f"dataset      {r.name}",
-        f"source       {r.source}",
-        f"time unit    {r.time_unit}",
-        f"rows read    {r.rows_read:,}",
-        f"dropped      {dropped}",
-        f"users        {r.users:,}",
-        f"items        {r.items:,}",
-        f"interactions {r.interactions:,} (average length {avg:.2f})",
-    ])
+    return data.report.summary()

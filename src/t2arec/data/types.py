@@ -49,6 +49,21 @@ class DatasetReport:
     interactions: int
     dropped: dict[str, int] = field(default_factory=dict)
 
+    def summary(self) -> str:
+        """A few human-readable lines: source, time unit, rows read and dropped, what was kept."""
+        dropped = ", ".join(f"{k} {v:,}" for k, v in self.dropped.items()) or "none"
+        avg = self.interactions / self.users if self.users else 0.0
+        return "\n".join([
+            f"dataset      {self.name}",
+            f"source       {self.source}",
+            f"time unit    {self.time_unit}",
+            f"rows read    {self.rows_read:,}",
+            f"dropped      {dropped}",
+            f"users        {self.users:,}",
+            f"items        {self.items:,}",
+            f"interactions {self.interactions:,} (average length {avg:.2f})",
+        ])
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
