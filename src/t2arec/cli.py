@@ -9,6 +9,7 @@ import typer
 
 from t2arec.config import ConfigError, RunConfig, apply_overrides, load_config_file, parse_mapping, validate
 from t2arec.data.types import DatasetReport, DataError
+from t2arec.models import MODEL_NAMES
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="T2ARec: sequential recommendation with test-time alignment.")
@@ -109,6 +110,160 @@ def evaluate(
     typer.echo(DatasetReport(**results["dataset"]).summary())
     typer.echo(format_table(results))
     typer.echo(f"wrote {out / 'results.json'}")
+
+
+# Options shared by the experiment commands (one definition, reused by each command's signature).
+DATA_OPT = typer.Option(None, help="Interaction file; omit for the built-in synthetic dataset.")
+FORMAT_OPT = typer.Option("auto", "--format", help="auto | recbole | movielens | csv | parquet")
+MAX_LEN_OPT = typer.Option(None, help="Maximum input length.")
+EPOCHS_OPT = typer.Option(None, help="Maximum training epochs per run.")
+SEEDS_OPT = typer.Option("2026", help="Comma-separated seeds, e.g. 2026,1,2.")
+DEVICE_OPT = typer.Option("cpu", help="cpu | cuda")
+QUIET_OPT = typer.Option(False, help="No progress bars.")
+MODELS_HELP = "Comma-separated model names (" + ", ".join(MODEL_NAMES) + ")."
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": False}
+
+
+def parse_list(text: str, kind: type, name: str) -> list:
+    try:
+        values = [kind(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name}: expected comma-separated {kind.__name__} values, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"--{name}: give at least one value")
+    return values
+
+
+def experiment_setup(ctx: typer.Context, out: Path, data: Optional[Path], format: str, max_len: Optional[int],
+                     epochs: Optional[int], seeds: str, device: str, quiet: bool) -> Any:
+    """The Setup every experiment command builds from the shared options and key=value overrides."""
+    from t2arec.experiments import Setup
+
+    overrides = []
+    if data is not None:
+        overrides.append(f"data.path={data}")
+    if format != "auto":
+        overrides.append(f"data.format={format}")
+    if max_len is not None:
+        overrides.append(f"data.max_len={max_len}")
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    overrides += list(ctx.args)
+    apply_overrides(RunConfig(), [o for o in overrides if not o.startswith("model.")])  # fail early on typos
+    return Setup(out=out, overrides=overrides, seeds=parse_list(seeds, int, "seeds"), device=device,
+                 progress=not quiet)
+
+
+def echo_written(out: Path, names: list[str]) -> None:
+    typer.echo("wrote " + ", ".join(str(out / n) for n in names))
+
+
+@app.command(context_settings=EXTRA)
+def compare(ctx: typer.Context,
+            models: str = typer.Option("caser,gru4rec,bert4rec,sasrec,mamba4rec,tim4rec,ttt4rec,t2arec",
+                                       help=MODELS_HELP),
+            seeds: str = typer.Option("2026,1,2", help="Comma-separated seeds, e.g. 2026,1,2."),
+            data: Optional[Path] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
+            epochs: Optional[int] = EPOCHS_OPT, device: str = DEVICE_OPT,
+            out: Path = typer.Option(Path("runs/compare"), help="Output folder (finished runs are reused)."),
+            quiet: bool = QUIET_OPT) -> None:
+    """Table 2: every model over several seeds, mean ± std and a paired t-test. Extra arguments are
+    section.key=value overrides applied to every run."""
+    from t2arec.experiments import compare as run_compare
+    from t2arec.experiments.compare import to_markdown
+
+    def job() -> Any:
+        setup = experiment_setup(ctx, out, data, format, max_len, epochs, seeds, device, quiet)
+        return run_compare(setup, parse_list(models, str, "models"))
+
+    typer.echo(to_markdown(run_guarded(job), "Overall performance (Table 2)"))
+    echo_written(out, ["compare.json", "compare.md"])
+
+
+@app.command(context_settings=EXTRA)
+def ablate(ctx: typer.Context, seeds: str = SEEDS_OPT,
+           data: Optional[Path] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
+           epochs: Optional[int] = EPOCHS_OPT, device: str = DEVICE_OPT,
+           out: Path = typer.Option(Path("runs/ablate"), help="Output folder (finished runs are reused)."),
+           quiet: bool = QUIET_OPT) -> None:
+    """Table 3: T2ARec without L_time, L_state or both, in training and at test time."""
+    from t2arec.experiments import ablate as run_ablate
+    from t2arec.experiments.ablate import to_markdown
+
+    def job() -> Any:
+        return run_ablate(experiment_setup(ctx, out, data, format, max_len, epochs, seeds, device, quiet))
+
+    typer.echo(to_markdown(run_guarded(job), "Ablation (Table 3)"))
+    echo_written(out, ["ablate.json", "ablate.md"])
+
+
+@app.command(context_settings=EXTRA)
+def sweep(ctx: typer.Context, seeds: str = SEEDS_OPT,
+          train_grid: str = typer.Option("0,0.01,0.1,1,10", help="Training weights for mu1 and mu2 (Figure 6)."),
+          test_grid: str = typer.Option("0,0.001,0.01,0.1,1", help="Test-time weights for mu1 and mu2 (Figure 7)."),
+          phases: str = typer.Option("train,test", help="Which sweeps: train, test or both."),
+          data: Optional[Path] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
+          epochs: Optional[int] = EPOCHS_OPT, device: str = DEVICE_OPT,
+          out: Path = typer.Option(Path("runs/sweep"), help="Output folder (finished runs are reused)."),
+          quiet: bool = QUIET_OPT) -> None:
+    """Figures 6 and 7: T2ARec's loss weights in training and at test time, one at a time."""
+    from t2arec.experiments import sweep as run_sweep
+    from t2arec.experiments.sweep import to_markdown
+
+    def job() -> Any:
+        chosen = parse_list(phases, str, "phases")
+        if not set(chosen) <= {"train", "test"}:
+            raise ConfigError(f"--phases: expected train and/or test, got {phases!r}")
+        setup = experiment_setup(ctx, out, data, format, max_len, epochs, seeds, device, quiet)
+        return run_sweep(setup, train_grid=parse_list(train_grid, float, "train-grid"),
+                         test_grid=parse_list(test_grid, float, "test-grid"), phases=chosen), setup.seeds
+
+    result, used_seeds = run_guarded(job)
+    typer.echo(to_markdown(result, used_seeds))
+    echo_written(out, ["sweep.json", "sweep.md"] + [f"sweep_{p}.png" for p in ("train", "test") if p in result])
+
+
+@app.command(context_settings=EXTRA)
+def segments(ctx: typer.Context, models: str = typer.Option("tim4rec,ttt4rec,t2arec", help=MODELS_HELP),
+             seeds: str = SEEDS_OPT,
+             data: Optional[Path] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
+             epochs: Optional[int] = EPOCHS_OPT, device: str = DEVICE_OPT,
+             out: Path = typer.Option(Path("runs/compare"), help="Output folder (finished runs are reused)."),
+             quiet: bool = QUIET_OPT) -> None:
+    """Figures 2 and 5: NDCG@10 per interest-shift segment of the test users, per model."""
+    from t2arec.experiments import segments as run_segments
+    from t2arec.experiments.segments import to_markdown
+
+    def job() -> Any:
+        setup = experiment_setup(ctx, out, data, format, max_len, epochs, seeds, device, quiet)
+        return run_segments(setup, parse_list(models, str, "models"))
+
+    typer.echo(to_markdown(run_guarded(job)))
+    echo_written(out, ["segments.json", "segments.md", "segments.png"])
+
+
+@app.command(context_settings=EXTRA)
+def throughput(ctx: typer.Context,
+               models: str = typer.Option("sasrec,mamba4rec,tim4rec,ttt4rec,t2arec", help=MODELS_HELP),
+               batch_size: int = typer.Option(4096, help="Test users per iteration."),
+               iterations: int = typer.Option(5, help="Timed iterations per model (the median is reported)."),
+               warmup: int = typer.Option(1, help="Untimed iterations first."),
+               data: Optional[Path] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
+               device: str = DEVICE_OPT,
+               out: Path = typer.Option(Path("runs/throughput"), help="Output folder."),
+               quiet: bool = QUIET_OPT) -> None:
+    """Table 4: test-time iterations per second per model, T2ARec with and without alignment."""
+    from t2arec.experiments import throughput as run_throughput
+    from t2arec.experiments.throughput import to_markdown
+
+    def job() -> Any:
+        if batch_size < 1 or iterations < 1 or warmup < 0:
+            raise ConfigError("--batch-size and --iterations must be >= 1, --warmup >= 0")
+        setup = experiment_setup(ctx, out, data, format, max_len, None, "2026", device, quiet)
+        return run_throughput(setup, parse_list(models, str, "models"), batch_size, iterations, warmup)
+
+    typer.echo(to_markdown(run_guarded(job)))
+    echo_written(out, ["throughput.json", "throughput.md", "throughput.png"])
 
 
 def main() -> None:

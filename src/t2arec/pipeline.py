@@ -193,3 +193,23 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, cfg_changes
                **results_block(test_ev, cfg.align)}
     write_json(Path(out_dir) / "results.json", results)
     return results
+
+
+def evaluate_variant(run_dir: str | Path, align: AlignConfig, device: str = "cpu") -> dict[str, Any]:
+    """Evaluate a finished run's checkpoint with another test-time alignment setting.
+
+    The step size is chosen on the validation split from ``align.lr_grid`` (kept as ``align.lr`` when
+    the grid is empty), exactly as ``run`` does, so a variant is judged like a trained model.
+    """
+    model, cfg, payload = load_model(Path(run_dir) / "checkpoint", device)
+    torch_device = resolve_device(device)
+    data = remap_items(load_data(cfg), payload["item_ids"])
+    valid = evaluation_examples(data, "valid", cfg.data.max_len)
+    test = evaluation_examples(data, "test", cfg.data.max_len)
+    align = dataclasses.replace(align)
+    align.lr, lr_table = select_alignment_lr(model, valid, align, torch_device)
+    valid_ev = evaluate_split(model, valid, align, torch_device)
+    test_ev = evaluate_split(model, test, align, torch_device)
+    return {"model": cfg.model_name, "seed": cfg.seed, "checkpoint": str(Path(run_dir) / "checkpoint"),
+            "valid": (valid_ev.aligned or valid_ev.unaligned).metrics, "valid_no_tta": valid_ev.unaligned.metrics,
+            **results_block(test_ev, align), "alignment_selection": lr_table}

@@ -1,0 +1,99 @@
+"""Generate docs/results.md: Tables 2-4 and Figures 2/5-7 on ML-100K and on the synthetic
+interest-shift dataset without and with shift, by calling the experiment commands' functions.
+
+    python benchmarks/results.py --out runs/results --docs docs
+
+Runs already finished in ``--out`` are reused, so an interrupted generation resumes; the tables and
+plots are copied into ``docs/results/<dataset>/`` and assembled into ``docs/results.md``, followed by
+``benchmarks/results_reading.md`` (the written reading of these numbers) when it exists.
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from t2arec.experiments import Setup, ablate, compare, segments, sweep, throughput
+from t2arec.experiments.store import write_text
+
+DATASETS = {
+    "ml-100k": ("ML-100K (`../shared/data/ml-100k.inter`, max length 50)",
+                ["data.path=../shared/data/ml-100k.inter", "data.max_len=50"]),
+    "synthetic-shift0": ("Synthetic, no interest shift (`data.synthetic_shift=0`, 1,000 users, 600 items)",
+                         ["data.synthetic_shift=0", "data.max_len=50"]),
+    "synthetic-shift1": ("Synthetic, strong interest shift (`data.synthetic_shift=1`, 1,000 users, 600 items)",
+                         ["data.synthetic_shift=1", "data.max_len=50"]),
+}
+ALL_MODELS = ["caser", "gru4rec", "bert4rec", "sasrec", "mamba4rec", "tim4rec", "ttt4rec", "t2arec"]
+SEGMENT_MODELS = ["sasrec", "tim4rec", "ttt4rec", "t2arec"]
+FILES = ["compare.md", "segments.md", "segments.png", "ablate.md", "sweep.md", "sweep_train.png",
+         "sweep_test.png", "throughput.md", "throughput.png"]
+
+
+def one_dataset(name: str, args: argparse.Namespace) -> None:
+    _, overrides = DATASETS[name]
+    out = args.out / name
+
+    def setup(seeds: list[int]) -> Setup:
+        return Setup(out=out, overrides=overrides, seeds=seeds, progress=not args.quiet)
+
+    compare(setup(args.seeds), args.models)
+    segments(setup(args.seeds), [m for m in SEGMENT_MODELS if m in args.models])
+    ablate(setup(args.ablate_seeds))
+    sweep(setup(args.sweep_seeds))
+    throughput(setup(args.seeds[:1]), args.models, batch_size=4096, iterations=args.iterations)
+    target = args.docs / "results" / name
+    target.mkdir(parents=True, exist_ok=True)
+    for file in FILES:
+        shutil.copyfile(out / file, target / file)
+
+
+def section(name: str, docs: Path) -> str:
+    title, _ = DATASETS[name]
+    folder = docs / "results" / name
+    parts = [f"## {title}\n"]
+    for md, pngs in (("compare.md", []), ("segments.md", ["segments.png"]), ("ablate.md", []),
+                     ("sweep.md", ["sweep_train.png", "sweep_test.png"]), ("throughput.md", ["throughput.png"])):
+        parts.append((folder / md).read_text())
+        parts += [f"![{png}](results/{name}/{png})\n" for png in pngs]
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/results"))
+    parser.add_argument("--docs", type=Path, default=Path("docs"))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--models", nargs="+", default=ALL_MODELS)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 1, 2])
+    parser.add_argument("--ablate-seeds", type=int, nargs="+", default=[2026, 1, 2])
+    parser.add_argument("--sweep-seeds", type=int, nargs="+", default=[2026])
+    parser.add_argument("--iterations", type=int, default=5, help="timed throughput iterations")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    for name in args.datasets:
+        print(f"== {name}", flush=True)
+        one_dataset(name, args)
+
+    command = "python benchmarks/results.py " + shlex.join(sys.argv[1:])
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+               f"PyTorch {torch.__version__}, Python {platform.python_version()}")
+    head = ["# Results: the paper's tables and figures, measured here", "",
+            "Every number and plot below was produced by", "", "```bash", command.strip(), "```", "",
+            f"from the repository root ({machine}). Protocol: `shared/spec/t2arec.md` (10-core, leave-one-out, "
+            "full ranking, pessimistic ties). Finished runs live in `--out` and are reused; the step size of "
+            "test-time alignment is chosen on the validation split for every trained model.", ""]
+    body = [section(name, args.docs) for name in args.datasets]
+    reading = Path(__file__).with_name("results_reading.md")
+    tail = [reading.read_text()] if reading.exists() else []
+    write_text(args.docs / "results.md", "\n".join(head + body + tail))
+    print(f"wrote {args.docs / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()

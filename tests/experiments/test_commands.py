@@ -1,0 +1,115 @@
+"""Every experiment command end to end on a tiny synthetic dataset, sharing one output folder."""
+import importlib
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from t2arec.cli import app
+from t2arec.experiments import report
+
+# the package exports functions named like these modules, so fetch the modules themselves
+PLOTTING = [importlib.import_module(f"t2arec.experiments.{name}") for name in ("sweep", "segments", "throughput")]
+
+TINY = ["--epochs", "1", "--quiet", "data.synthetic_users=80", "data.synthetic_items=50", "data.max_len=20"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("experiments")
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """Capture every figure an experiment draws (and still write it)."""
+    drawn = []
+    original = report.save_figure
+
+    def capture(fig, path):
+        drawn.append(fig)
+        original(fig, path)
+
+    for module in PLOTTING:
+        monkeypatch.setattr(module, "save_figure", capture)
+    return drawn
+
+
+def invoke(*args):
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def assert_labelled(fig):
+    for ax in fig.axes:
+        if ax.get_legend() is not None or ax.get_lines() or ax.patches:
+            assert ax.get_ylabel()
+    assert any(ax.get_xlabel() for ax in fig.axes)
+
+
+def test_compare_writes_table_2_with_mean_std_and_a_no_tta_row(out):
+    text = invoke("compare", "--models", "sasrec,t2arec", "--seeds", "1,2", "--out", str(out), *TINY)
+    summary = json.loads((out / "compare.json").read_text())
+    assert set(summary["rows"]) == {"sasrec", "t2arec", "t2arec (no TTA)"}
+    assert len(summary["rows"]["sasrec"]["ndcg@10"]["values"]) == 2
+    markdown = (out / "compare.md").read_text()
+    assert "| Model | Recall@10 | MRR@10 | NDCG@10 |" in markdown and "**" in markdown and "<u>" in markdown
+    assert "±" in text
+
+
+def test_compare_reuses_finished_runs(out):
+    before = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed-*/results.json")}
+    invoke("compare", "--models", "sasrec,t2arec", "--seeds", "1,2", "--out", str(out), *TINY)
+    assert before and before == {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed-*/results.json")}
+
+
+def test_ablate_has_the_seven_rows_of_table_3(out):
+    invoke("ablate", "--seeds", "1", "--out", str(out), *TINY)
+    rows = json.loads((out / "ablate.json").read_text())["rows"]
+    assert list(rows) == ["T2ARec (full)", "w/o L_all", "w/o L_time", "w/o L_state", "w/o test-time L_all",
+                          "w/o test-time L_time", "w/o test-time L_state"]
+    assert rows["T2ARec (full)"]["trained"] == rows["w/o test-time L_time"]["trained"] == "t2arec"
+    variant = json.loads((out / "runs" / "t2arec" / "seed-1" / "variants" / "only-state.json").read_text())
+    assert variant["align_config"]["mu_time"] == 0.0 and variant["align_config"]["lr_grid"] == []
+    assert (out / "ablate.md").read_text().count("\n| ") == 8  # header + 7 rows
+
+
+def test_sweep_draws_figures_6_and_7(out, figures):
+    invoke("sweep", "--seeds", "1", "--train-grid", "0,0.1", "--test-grid", "0,0.01", "--out", str(out), *TINY)
+    result = json.loads((out / "sweep.json").read_text())
+    assert [p["value"] for p in result["train"]["mu_time"]] == [0.0, 0.1]
+    assert [p["value"] for p in result["test"]["mu_state"]] == [0.0, 0.01]
+    for name in ("sweep_train.png", "sweep_test.png"):
+        assert (out / name).read_bytes().startswith(PNG_MAGIC)
+    assert len(figures) == 2
+    for fig in figures:
+        assert_labelled(fig)
+        assert all(ax.get_legend() is not None for ax in fig.axes[:2] if ax.get_lines())
+
+
+def test_segments_plots_one_line_per_model(out, figures):
+    invoke("segments", "--models", "sasrec,t2arec", "--seeds", "1,2", "--out", str(out), *TINY)
+    result = json.loads((out / "segments.json").read_text())
+    assert set(result["curves"]) == {"sasrec", "t2arec", "t2arec (no TTA)"}
+    assert [s["segment"] for s in result["segments"]] == [1, 2, 3, 4]
+    assert (out / "segments.png").read_bytes().startswith(PNG_MAGIC)
+    (fig,) = figures
+    assert_labelled(fig)
+    assert len(fig.axes[0].get_legend().get_texts()) == 3
+
+
+def test_throughput_reports_t2arec_with_and_without_alignment(out, figures):
+    invoke("throughput", "--models", "sasrec,t2arec", "--batch-size", "64", "--iterations", "1",
+           "--out", str(out), "--quiet", "data.synthetic_users=80", "data.synthetic_items=50", "data.max_len=20")
+    rows = json.loads((out / "throughput.json").read_text())["rows"]
+    assert set(rows) == {"sasrec", "t2arec", "t2arec (no TTA)"}
+    assert all(row["it_s"] > 0 for row in rows.values())
+    assert (out / "throughput.png").read_bytes().startswith(PNG_MAGIC)
+    assert_labelled(figures[0])
+
+
+def test_a_bad_model_name_is_one_clear_error(tmp_path):
+    result = CliRunner().invoke(app, ["compare", "--models", "sasrec,nosuch", "--out", str(tmp_path), *TINY])
+    assert result.exit_code == 2
+    assert "unknown model 'nosuch'" in result.output

@@ -1,0 +1,49 @@
+import json
+
+import pytest
+
+from t2arec.experiments import store
+from t2arec.experiments.store import ExperimentError, Setup, Variant, ensure_run, run_dir
+
+TINY = ["data.synthetic_users=60", "data.synthetic_items=40", "train.epochs=1"]
+
+
+def fake_run(calls):
+    def run(cfg, directory, progress=True):
+        calls.append(cfg.seed)
+        results = {"config": json.loads(json.dumps(cfg.to_dict(), default=str)), "test": {"ndcg@10": 0.1}}
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "results.json").write_text(json.dumps(results))
+        return results
+    return run
+
+
+def test_a_finished_run_is_reused_and_never_retrained(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(store, "run", fake_run(calls))
+    setup = Setup(out=tmp_path, overrides=TINY, progress=False)
+    ensure_run(setup, Variant("sasrec"), 7)
+    ensure_run(setup, Variant("sasrec"), 7)
+    assert calls == [7]
+    assert (run_dir(setup, Variant("sasrec"), 7) / "results.json").exists()
+
+
+def test_a_folder_holding_another_configuration_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "run", fake_run([]))
+    ensure_run(Setup(out=tmp_path, overrides=TINY, progress=False), Variant("sasrec"), 7)
+    other = Setup(out=tmp_path, overrides=[*TINY, "train.lr=0.01"], progress=False)
+    with pytest.raises(ExperimentError, match="train.lr"):
+        ensure_run(other, Variant("sasrec"), 7)
+
+
+def test_variants_name_their_folders_by_model_and_overrides():
+    variant = Variant("t2arec", ("train.mu_time=0", "train.mu_state=0"))
+    assert variant.label == "t2arec+train.mu_time=0+train.mu_state=0"
+    assert "/" not in Variant("t2arec", ("data.path=a/b",)).folder
+
+
+def test_setup_rejects_repeated_or_missing_seeds(tmp_path):
+    with pytest.raises(ExperimentError):
+        Setup(out=tmp_path, seeds=[1, 1])
+    with pytest.raises(ExperimentError):
+        Setup(out=tmp_path, seeds=[])
