@@ -266,6 +266,62 @@ def throughput(ctx: typer.Context,
     echo_written(out, ["throughput.json", "throughput.md", "throughput.png"])
 
 
+@app.command()
+def recommend(
+    checkpoint: Path = typer.Option(..., help="A checkpoint written by 't2arec run'."),
+    input: Path = typer.Option(..., "--input", help='JSON lines, one user each: {"items": [...], '
+                               '"timestamps": [...], "now": t} (Unix seconds; an optional "id" is copied).'),
+    output: Optional[Path] = typer.Option(None, help="Output JSON lines, written atomically (default: stdout)."),
+    k: int = typer.Option(10, "--k", help="Items per user."),
+    align: bool = typer.Option(True, "--align/--no-align", help="Test-time alignment on each batch."),
+    exclude_seen: bool = typer.Option(False, "--exclude-seen", help="Never recommend an item of the history."),
+    strict: bool = typer.Option(False, "--strict", help="Unknown item ids are an error instead of skipped."),
+    batch_size: Optional[int] = typer.Option(None, help="Users per model call and alignment step "
+                                             "(default: the checkpoint's align.batch_size, as in evaluation)."),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+) -> None:
+    """Top-k raw item ids for every line of a JSON-lines file, one JSON line out per line in."""
+    from t2arec.serve import Recommender
+    from t2arec.serve.jsonl import recommend_file
+
+    lines = run_guarded(lambda: recommend_file(Recommender.load(checkpoint, device), input, output, k=k, align=align,
+                                               exclude_seen=exclude_seen, strict=strict, batch_size=batch_size))
+    if output is None:
+        for line in lines:
+            typer.echo(line)
+    else:
+        typer.echo(f"wrote {len(lines)} recommendations to {output}", err=True)
+
+
+@app.command()
+def serve(
+    checkpoint: Path = typer.Option(..., help="A checkpoint written by 't2arec run'."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+    max_batch_users: int = typer.Option(64, help="Users per micro-batch (one alignment step each)."),
+    max_wait_ms: float = typer.Option(5.0, help="How long a micro-batch waits for more requests."),
+    max_users: int = typer.Option(256, help="Users per request."),
+    max_history: int = typer.Option(1000, help="Interactions per user."),
+    max_body_bytes: int = typer.Option(1_048_576, help="Larger request bodies get 413."),
+    max_k: int = typer.Option(100, help="Largest k a request may ask for."),
+    device: str = typer.Option("cpu", help="cpu | cuda"),
+    access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
+) -> None:
+    """Serve a checkpoint over HTTP: POST /recommend, GET /health, GET /metadata, GET /docs."""
+    import uvicorn
+
+    from t2arec.serve import Recommender
+    from t2arec.serve.app import ServeSettings, create_app
+
+    def job() -> Any:
+        settings = ServeSettings(max_batch_users=max_batch_users, max_wait_ms=max_wait_ms, max_users=max_users,
+                                 max_history=max_history, max_body_bytes=max_body_bytes, max_k=max_k)
+        return create_app(Recommender.load(checkpoint, device), settings)
+
+    application = run_guarded(job)
+    uvicorn.run(application, host=host, port=port, access_log=access_log, log_level="info")
+
+
 def main() -> None:
     app()
 

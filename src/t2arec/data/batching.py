@@ -6,6 +6,7 @@ float32 cannot resolve seconds at Unix-epoch magnitudes.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,27 +54,41 @@ def _gaps(times: np.ndarray) -> np.ndarray:
     return gaps
 
 
+def prediction_inputs(item_seqs: Sequence[np.ndarray], time_seqs: Sequence[np.ndarray],
+                      next_times: Sequence[float], max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The model inputs for predicting each sequence's next interaction at ``next_times``.
+
+    Keeps the last ``max_len`` interactions of each (non-empty) sequence and returns, left-padded to
+    ``max_len``: items (N, L) int64; gaps (N, L) float32, differences inside the kept window taken in
+    float64, 0 for its first interaction; next_gap (N,) float32, next time minus the last time.
+    The evaluator and the online ``Recommender`` both build their batches here.
+    """
+    inputs, gaps, next_gap = [], [], []
+    for items, times, next_time in zip(item_seqs, time_seqs, next_times, strict=True):
+        seq_items, seq_times = items[-max_len:], np.asarray(times[-max_len:], dtype=np.float64)
+        inputs.append(seq_items)
+        gaps.append(_gaps(seq_times))
+        next_gap.append(next_time - seq_times[-1])
+    return (_left_pad(inputs, max_len, np.int64),
+            _left_pad(gaps, max_len, np.float64).astype(np.float32),
+            np.asarray(next_gap, dtype=np.float64).astype(np.float32))
+
+
 def evaluation_examples(data: SequenceData, split: str, max_len: int) -> Examples:
     """One example per user. ``split`` "valid": input = train part, target = second-to-last item;
     "test": input = train part + validation item, target = last item. Inputs keep the last ``max_len``."""
     if split not in ("valid", "test"):
         raise ValueError(f"split must be 'valid' or 'test', not {split!r}")
     end = -2 if split == "valid" else -1
-    inputs, gaps, next_gap, targets, target_times = [], [], [], [], []
-    for items, times in zip(data.items, data.times):
-        seq_items, seq_times = items[:end][-max_len:], times[:end][-max_len:]
-        inputs.append(seq_items)
-        gaps.append(_gaps(seq_times))
-        next_gap.append(times[end] - seq_times[-1])
-        targets.append(items[end])
-        target_times.append(times[end])
+    items, gaps, next_gap = prediction_inputs([s[:end] for s in data.items], [t[:end] for t in data.times],
+                                              [t[end] for t in data.times], max_len)
     return Examples(
-        items=_left_pad(inputs, max_len, np.int64),
-        gaps=_left_pad(gaps, max_len, np.float64).astype(np.float32),
-        next_gap=np.asarray(next_gap, dtype=np.float64).astype(np.float32),
-        targets=np.asarray(targets, dtype=np.int64),
+        items=items,
+        gaps=gaps,
+        next_gap=next_gap,
+        targets=np.asarray([s[end] for s in data.items], dtype=np.int64),
         users=np.arange(data.num_users, dtype=np.int64),
-        target_times=np.asarray(target_times, dtype=np.float64),
+        target_times=np.asarray([t[end] for t in data.times], dtype=np.float64),
     )
 
 

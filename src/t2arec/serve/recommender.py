@@ -1,0 +1,293 @@
+"""Raw ids in, raw ids out: a trained model as an online recommender.
+
+``Recommender.recommend`` builds exactly the arrays the offline evaluator builds
+(``data.batching.prediction_inputs``: the last ``max_len`` interactions, float64 gaps inside the
+window cast to float32, 0 for the window's first interaction, ``now`` minus the last timestamp,
+left padding) and scores them with ``align.score_batch``, so one test-time alignment step runs over
+the whole batch, with the step size stored in the checkpoint, and the parameters are restored bit
+for bit afterwards. For the same inputs in the same batch its scores equal the evaluator's.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from t2arec.align import score_batch
+from t2arec.config import RunConfig
+from t2arec.data.batching import prediction_inputs
+from t2arec.data.types import RawId
+from t2arec.models.base import SeqBatch, SequentialRecommender
+
+# Timestamps are Unix seconds (the unit the model was trained in). Anything larger in magnitude is
+# refused: it is most likely milliseconds, and float32 gaps would lose all precision or overflow.
+MAX_ABS_TIME = 1e12
+
+
+class RequestError(ValueError):
+    """A bad input. ``user`` is the index of the history (None: the request as a whole) and
+    ``field`` the offending field relative to it, e.g. ``timestamps[3]``."""
+
+    def __init__(self, user: int | None, field: str, reason: str) -> None:
+        self.user, self.field, self.reason = user, field, reason
+        super().__init__(f"{self.location}: {reason}")
+
+    @property
+    def location(self) -> str:
+        return self.field if self.user is None else f"users[{self.user}].{self.field}"
+
+
+class NonFiniteScores(ValueError):
+    """The model produced NaN or infinite scores for a batch (extreme inputs)."""
+
+
+@dataclass(frozen=True)
+class History:
+    """One user's interactions: raw item ids and their timestamps (seconds), oldest first."""
+
+    items: Sequence[RawId]
+    timestamps: Sequence[float]
+
+
+@dataclass
+class Recommendation:
+    """The top-k raw item ids, best first, their scores, and how many history ids were unknown."""
+
+    items: list[RawId]
+    scores: list[float]
+    skipped: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"items": self.items, "scores": self.scores, "skipped": self.skipped}
+
+
+@dataclass
+class EncodedUser:
+    """A validated history in the model's vocabulary (unknown ids removed with their timestamps)."""
+
+    items: np.ndarray  # (n,) int64 in 1..num_items
+    times: np.ndarray  # (n,) float64 seconds
+    now: float
+    skipped: int
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_time(value: Any, user: int, name: str) -> float:
+    if not _is_number(value):
+        raise RequestError(user, name, f"expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise RequestError(user, name, f"must be a finite number, got {value}")
+    if abs(value) > MAX_ABS_TIME:
+        raise RequestError(user, name, f"{value:g} is out of range: timestamps are Unix seconds "
+                                       f"with magnitude <= {MAX_ABS_TIME:g}")
+    return value
+
+
+def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order.
+
+    Equal digests mean the parameters are equal bit for bit (used to check that serving, with its
+    test-time alignment, leaves the checkpoint's parameters untouched).
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def top_k(scores: torch.Tensor, ks: Sequence[int], exclude: Sequence[np.ndarray | None]) -> list[tuple[list[int], list[float]]]:
+    """Per row, the ``ks[row]`` best item indices (1-based) and their scores, best first.
+
+    ``scores`` (B, N) are for items 1..N. Equal scores keep item-index order (a stable sort), so the
+    result is deterministic; items in ``exclude[row]`` (1-based) are never returned.
+    """
+    masked = scores.clone()
+    for row, items in enumerate(exclude):
+        if items is not None and len(items):
+            masked[row, torch.as_tensor(items, dtype=torch.int64) - 1] = -math.inf
+    width = min(max(int(k) for k in ks), scores.shape[1])
+    order = torch.sort(masked, dim=1, descending=True, stable=True).indices[:, :width]
+    top = masked.gather(1, order)
+    out = []
+    for row, k in enumerate(ks):
+        keep = torch.isfinite(top[row, :k])  # an excluded item has -inf
+        out.append(((order[row, :k][keep] + 1).tolist(), top[row, :k][keep].tolist()))
+    return out
+
+
+@dataclass
+class Recommender:
+    """A trained sequential recommender behind raw item ids.
+
+    ``item_ids[0]`` is padding (None); ``item_ids[j]`` is the raw id of item index j. Ids are ints
+    when every training id was an integer, strings otherwise; look-up accepts either spelling
+    (5 and "5" are the same item), outputs keep the vocabulary's own type.
+    """
+
+    model: SequentialRecommender
+    config: RunConfig
+    item_ids: list[RawId]
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    index: dict[RawId, int] = field(init=False, repr=False)
+    integer_ids: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        raw = self.item_ids[1:]
+        self.integer_ids = all(_is_int(r) for r in raw)
+        self.index = {self._canonical(r): j for j, r in enumerate(raw, start=1)}
+        self.model.eval()
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, device: str = "cpu") -> "Recommender":
+        from t2arec.pipeline import load_model, resolve_device
+
+        model, cfg, payload = load_model(checkpoint, device)
+        return cls(model, cfg, list(payload["item_ids"]), resolve_device(device))
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids) - 1
+
+    @property
+    def max_len(self) -> int:
+        return self.config.data.max_len
+
+    @property
+    def model_name(self) -> str:
+        return self.config.model_name
+
+    @property
+    def aligns(self) -> bool:
+        """Whether ``align=True`` runs a test-time alignment step for this model and config."""
+        a = self.config.align
+        return a.enabled and a.steps > 0 and self.model.has_alignment_loss
+
+    def _canonical(self, raw: Any) -> Any:
+        """The key an id is looked up by, or None when it cannot be in the vocabulary."""
+        if self.integer_ids:
+            if _is_int(raw):
+                return int(raw)
+            if isinstance(raw, str):
+                try:
+                    number = int(raw)
+                except ValueError:
+                    return None
+                return number if str(number) == raw else None  # "007", "+7", " 7" are not 7
+            return None
+        if _is_int(raw):
+            return str(int(raw))
+        return raw if isinstance(raw, str) else None
+
+    def lookup(self, raw: RawId) -> int:
+        """Item index of a raw id, 0 when unknown."""
+        key = self._canonical(raw)
+        return 0 if key is None else self.index.get(key, 0)
+
+    def parameter_digest(self) -> str:
+        return state_digest(self.model.state_dict())
+
+    # --- validation and encoding ---------------------------------------------------------------------
+    def encode_user(self, history: History | Sequence[Any], now: Any, user: int = 0,
+                    strict: bool = False) -> EncodedUser:
+        """Validate one history and map it to item indices. Raises ``RequestError`` naming the field."""
+        if isinstance(history, History):
+            items, timestamps = history.items, history.timestamps
+        elif isinstance(history, Sequence) and not isinstance(history, str) and len(history) == 2:
+            items, timestamps = history
+        else:
+            raise RequestError(user, "history", "expected History(items, timestamps) or an (items, timestamps) pair")
+        for name, values in (("items", items), ("timestamps", timestamps)):
+            if isinstance(values, (str, bytes)) or not isinstance(values, (Sequence, np.ndarray)):
+                raise RequestError(user, name, f"expected a list, got {type(values).__name__}")
+        if len(items) == 0:
+            raise RequestError(user, "items", "the history is empty; give at least one interaction")
+        if len(timestamps) != len(items):
+            raise RequestError(user, "timestamps", f"has {len(timestamps)} value(s) but items has {len(items)}")
+        times = np.empty(len(timestamps), dtype=np.float64)
+        for j, t in enumerate(timestamps):
+            times[j] = _check_time(t, user, f"timestamps[{j}]")
+            if j and times[j] < times[j - 1]:
+                raise RequestError(user, f"timestamps[{j}]", f"{times[j]:.17g} is before the previous timestamp "
+                                   f"{times[j - 1]:.17g}; timestamps must be non-decreasing (oldest first)")
+        now = _check_time(now, user, "now")
+        if now < times[-1]:
+            raise RequestError(user, "now", f"{now:.17g} is before the last interaction at {times[-1]:.17g}")
+        index = np.empty(len(items), dtype=np.int64)
+        for j, raw in enumerate(items):
+            if not (_is_int(raw) or isinstance(raw, str)):
+                raise RequestError(user, f"items[{j}]", f"expected an int or str item id, got {type(raw).__name__}")
+            index[j] = self.lookup(raw)
+            if strict and index[j] == 0:
+                raise RequestError(user, f"items[{j}]", f"unknown item id {raw!r}")
+        known = index > 0
+        if not known.any():
+            raise RequestError(user, "items", f"none of the {len(items)} item ids is in the model's vocabulary")
+        return EncodedUser(index[known], times[known], now, int((~known).sum()))
+
+    def encode(self, histories: Sequence[History | Sequence[Any]], now: Sequence[Any],
+               strict: bool = False) -> list[EncodedUser]:
+        if len(histories) == 0:
+            raise RequestError(None, "users", "give at least one history")
+        if len(now) != len(histories):
+            raise RequestError(None, "now", f"has {len(now)} values for {len(histories)} histories")
+        return [self.encode_user(h, t, u, strict) for u, (h, t) in enumerate(zip(histories, now))]
+
+    # --- scoring and ranking ---------------------------------------------------------------------------
+    def batch(self, users: Sequence[EncodedUser]) -> SeqBatch:
+        """The evaluator's arrays for these users (targets are unused and 0)."""
+        items, gaps, next_gap = prediction_inputs([u.items for u in users], [u.times for u in users],
+                                                  [u.now for u in users], self.max_len)
+        return SeqBatch(torch.from_numpy(items), torch.from_numpy(gaps), torch.from_numpy(next_gap),
+                        torch.zeros(len(users), dtype=torch.int64)).to(self.device)
+
+    def scores(self, users: Sequence[EncodedUser], align: bool = True) -> torch.Tensor:
+        """(B, num_items) scores of items 1..num_items, after one alignment over the batch if ``align``."""
+        scores, _ = score_batch(self.model, self.batch(users), self.config.align if align else None)
+        return scores
+
+    def recommend_encoded(self, users: Sequence[EncodedUser], k: int | Sequence[int] = 10, align: bool = True,
+                          exclude_seen: bool | Sequence[bool] = False) -> list[Recommendation]:
+        """One model call for all ``users``; ``k`` and ``exclude_seen`` may differ per user."""
+        ks = [int(v) for v in ([k] * len(users) if isinstance(k, numbers.Integral) else k)]
+        excludes = [exclude_seen] * len(users) if isinstance(exclude_seen, (bool, np.bool_)) else list(exclude_seen)
+        if len(ks) != len(users) or len(excludes) != len(users):
+            raise ValueError("k and exclude_seen need one value per user")
+        if any(v < 1 for v in ks):
+            raise ValueError(f"k must be >= 1, got {min(ks)}")
+        scores = self.scores(users, align).cpu()
+        if not bool(torch.isfinite(scores).all()):
+            raise NonFiniteScores("the model produced non-finite scores for this batch")
+        top = top_k(scores, ks, [np.unique(u.items) if ex else None for u, ex in zip(users, excludes)])
+        return [Recommendation([self.item_ids[i] for i in idx], vals, user.skipped)
+                for (idx, vals), user in zip(top, users)]
+
+    def recommend(self, histories: Sequence[History | Sequence[Any]], now: Sequence[float],
+                  k: int | Sequence[int] = 10, align: bool = True, exclude_seen: bool | Sequence[bool] = False,
+                  strict: bool = False) -> list[Recommendation]:
+        """Top-``k`` raw item ids with scores for each history, predicting the interaction at ``now``.
+
+        A history is ``History(items, timestamps)`` or an ``(items, timestamps)`` pair, oldest first,
+        timestamps in Unix seconds. All histories form one batch, and with ``align`` one test-time
+        alignment step runs over that batch, so a user's result depends on the batch it is in.
+        Unknown item ids are left out (with their timestamps) and counted in ``skipped``; with
+        ``strict`` they are an error. ``exclude_seen`` never recommends an item of the history.
+        ``k`` and ``exclude_seen`` may also be given per user (they do not change the scores).
+        """
+        return self.recommend_encoded(self.encode(histories, now, strict), k, align, exclude_seen)

@@ -1,0 +1,82 @@
+"""`t2arec recommend` on JSON-lines files and the wiring of `t2arec serve`."""
+import json
+
+from typer.testing import CliRunner
+
+from t2arec.cli import app
+from tests.serve.helpers import split_histories
+
+runner = CliRunner()
+
+
+def write_requests(path, recommender, data, users):
+    histories, now = split_histories(recommender, data, users)
+    lines = [json.dumps({"id": f"u{u}", "items": h.items, "timestamps": h.timestamps, "now": t})
+             for u, h, t in zip(users, histories, now)]
+    path.write_text("\n".join(lines) + "\n")
+    return histories, now
+
+
+def test_recommend_file_equals_the_recommender_per_batch(tmp_path, checkpoint, recommender, data):
+    users = list(range(10))
+    histories, now = write_requests(tmp_path / "in.jsonl", recommender, data, users)
+    out = tmp_path / "out.jsonl"
+    result = runner.invoke(app, ["recommend", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "in.jsonl"),
+                                 "--output", str(out), "--k", "5", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    expected = []
+    for start in range(0, 10, 4):  # one alignment step per batch of 4 lines
+        expected += recommender.recommend(histories[start:start + 4], now[start:start + 4], k=5)
+    assert got == [{"id": f"u{u}", **r.to_dict()} for u, r in zip(users, expected)]
+
+    result = runner.invoke(app, ["recommend", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "in.jsonl"),
+                                 "--k", "3", "--no-align", "--exclude-seen"])
+    assert result.exit_code == 0, result.output
+    plain = recommender.recommend(histories, now, k=3, align=False, exclude_seen=True)
+    assert [json.loads(line) for line in result.stdout.splitlines()] == [
+        {"id": f"u{u}", **r.to_dict()} for u, r in zip(users, plain)]
+
+
+def test_a_bad_line_stops_with_its_number_and_field_and_writes_nothing(tmp_path, checkpoint):
+    ok = '{"items": [1, 2], "timestamps": [10, 20], "now": 30}'
+    cases = [
+        ('{"items": [1, 2], "timestamps": [20, 10], "now": 30}', "line 3: timestamps[1]: 10 is before"),
+        ('{"items": [1, 2], "timestamps": [10, 20], "now": 15}', "line 3: now: 15 is before the last interaction"),
+        ('{"items": [], "timestamps": [], "now": 15}', "line 3: items: the history is empty"),
+        ('{"items": [1], "timestamps": [10], "now": NaN}', "line 3: now: must be a finite number"),
+        ('{"items": [1], "timestamps": [10]}', "line 3: now: field required"),
+        ('{"items": [1], "timestamps": [10], "now": 20, "k": 3}', "line 3: k: unknown field"),
+        ('[1, 2]', "line 3: expected a JSON object"),
+        ('{"items": [1', "line 3: invalid JSON"),
+        ('{"items": [1, "nope"], "timestamps": [1, 2], "now": 3}', "line 3: items[1]: unknown item id 'nope'"),
+    ]
+    for bad, message in cases:
+        source = tmp_path / "in.jsonl"
+        source.write_text(f"{ok}\n\n{bad}\n{ok}\n")
+        out = tmp_path / "out.jsonl"
+        result = runner.invoke(app, ["recommend", "--checkpoint", str(checkpoint), "--input", str(source),
+                                     "--output", str(out), "--strict"])
+        assert result.exit_code == 2, (bad, result.output)
+        assert result.output.startswith("error: ") and message in result.output, result.output
+        assert "Traceback" not in result.output and not out.exists()
+    source.write_text('{"items": [1, "nope"], "timestamps": [1, 2], "now": 3}\n')
+    result = runner.invoke(app, ["recommend", "--checkpoint", str(checkpoint), "--input", str(source)])
+    assert result.exit_code == 0 and json.loads(result.stdout)["skipped"] == 1
+    result = runner.invoke(app, ["recommend", "--checkpoint", str(tmp_path / "missing"), "--input", str(source)])
+    assert result.exit_code == 2 and "checkpoint not found" in result.output
+
+
+def test_serve_builds_the_app_from_its_options(monkeypatch, checkpoint):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda application, **kw: seen.update(app=application, **kw))
+    result = runner.invoke(app, ["serve", "--checkpoint", str(checkpoint), "--port", "8123", "--max-batch-users", "7",
+                                 "--max-wait-ms", "2.5", "--max-users", "9", "--max-body-bytes", "5000"])
+    assert result.exit_code == 0, result.output
+    assert seen["host"] == "127.0.0.1" and seen["port"] == 8123
+    settings = seen["app"].state.settings
+    assert (settings.max_batch_users, settings.max_wait_ms, settings.max_users, settings.max_body_bytes) == (7, 2.5, 9, 5000)
+    result = runner.invoke(app, ["serve", "--checkpoint", str(checkpoint), "--max-users", "0"])
+    assert result.exit_code == 2 and "max_users must be >= 1" in result.output
