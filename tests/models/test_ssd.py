@@ -79,3 +79,25 @@ def test_final_state_hand_case():
     x = torch.tensor([[[2.0], [3.0]]])
     h = final_state(x, torch.tensor([[0.0, -1.0]]), torch.ones(1, 2, 1))
     assert torch.allclose(h, torch.tensor([[[2.0 * torch.e**-1 + 3.0]]]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernel needs CUDA")
+def test_fused_kernel_equals_the_pytorch_scan():
+    from t2arec.models import ssd_kernels
+
+    if ssd_kernels._kernel is None:
+        pytest.skip("mamba_ssm is not installed")
+    x, _, b, c = random_inputs(batch=4, length=100, d=64, d_state=32, dtype=torch.float32)
+    delta = torch.rand(4, 100) * 0.1
+    a = torch.tensor([-2.0])
+    x, delta, a, b, c = (t.cuda() for t in (x, delta, a, b, c))
+    y, h = ssd_kernels.scan_kernel(x, delta, a, b, c, chunk_size=64)
+    y_ref, h_ref = scan_chunked(x * delta[..., None], delta * a, b, c, chunk_size=64)
+    assert torch.allclose(y, y_ref, atol=1e-3, rtol=1e-3)
+    assert torch.allclose(h, h_ref, atol=1e-3, rtol=1e-3)
+
+
+def test_without_the_kernel_the_pytorch_scan_runs():
+    from t2arec.models import ssd_kernels
+
+    assert not ssd_kernels.kernel_available(torch.zeros(1))  # a CPU tensor never takes the kernel path

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from t2arec.models.base import SeqBatch, SequentialRecommender, init_normal_
 from t2arec.models.layers import FeedForward
 from t2arec.models.ssd import final_state, scan_chunked, scan_sequential
+from t2arec.models.ssd_kernels import kernel_available, scan_kernel
 
 
 @dataclass
@@ -53,6 +54,7 @@ class T2ARecConfig:
     # inference paths that give the same results faster (switches exist to measure and test them):
     fast_inference: bool = True  # prediction and alignment compute the last position only
     use_item_table: bool = True  # in eval mode, project each item once instead of each token
+    use_kernels: bool = True  # on CUDA with mamba_ssm installed, its fused scan (ssd_kernels.py)
 
     def __post_init__(self) -> None:
         if self.time_transform not in ("log1p", "identity"):
@@ -149,9 +151,12 @@ class T2AMambaBlock(nn.Module):
         x, b, c = self.split_conv_output(F.silu(xbc))
         x = x * maskf[..., None]
         delta = F.softplus(dt + self.dt_bias) * maskf  # Delta = 0 at padding: Abar = 1, no input
-        scan = scan_sequential if self.cfg.sequential_scan else scan_chunked
-        kwargs = {} if self.cfg.sequential_scan else {"chunk_size": self.cfg.chunk_size}
-        y, final_state_ = scan(x * delta[..., None], delta * self.A, b, c, **kwargs)
+        if self.cfg.use_kernels and not self.cfg.sequential_scan and kernel_available(x):
+            y, final_state_ = scan_kernel(x, delta, self.A, b, c, self.cfg.chunk_size)
+        elif self.cfg.sequential_scan:
+            y, final_state_ = scan_sequential(x * delta[..., None], delta * self.A, b, c)
+        else:
+            y, final_state_ = scan_chunked(x * delta[..., None], delta * self.A, b, c, chunk_size=self.cfg.chunk_size)
         y = y + self.D * x
         if z is not None:
             y = y * F.silu(z)
