@@ -31,26 +31,39 @@ DATASETS = {
 }
 ALL_MODELS = ["caser", "gru4rec", "bert4rec", "sasrec", "mamba4rec", "tim4rec", "ttt4rec", "t2arec"]
 SEGMENT_MODELS = ["sasrec", "tim4rec", "ttt4rec", "t2arec"]
-FILES = ["compare.md", "segments.md", "segments.png", "ablate.md", "sweep.md", "sweep_train.png",
-         "sweep_test.png", "throughput.md", "throughput.png"]
+FILES = ["compare.md", "segments.md", "segments.png", "ablate.md", "sweep.md", "sweep_test.png",
+         "throughput.md", "throughput.png"]
+OPTIONAL_FILES = ["sweep_train.png"]
+
+
+STEPS = ("compare", "segments", "ablate", "sweep", "throughput")
 
 
 def one_dataset(name: str, args: argparse.Namespace) -> None:
+    """Run the chosen experiment steps for one dataset, then copy their outputs into the docs."""
     _, overrides = DATASETS[name]
     out = args.out / name
+    models = args.models if name == "ml-100k" or not args.synthetic_models else args.synthetic_models
 
     def setup(seeds: list[int]) -> Setup:
         return Setup(out=out, overrides=overrides, seeds=seeds, progress=not args.quiet)
 
-    compare(setup(args.seeds), args.models)
-    segments(setup(args.seeds), [m for m in SEGMENT_MODELS if m in args.models])
-    ablate(setup(args.ablate_seeds))
-    sweep(setup(args.sweep_seeds))
-    throughput(setup(args.seeds[:1]), args.models, batch_size=4096, iterations=args.iterations)
+    if "compare" in args.steps:
+        compare(setup(args.seeds), models)
+    if "segments" in args.steps:
+        segments(setup(args.seeds), [m for m in SEGMENT_MODELS if m in models])
+    if "ablate" in args.steps:
+        ablate(setup(args.ablate_seeds))
+    if "sweep" in args.steps:
+        phases = args.sweep_phases if name == "ml-100k" else args.synthetic_sweep_phases
+        sweep(setup(args.sweep_seeds), phases=phases)
+    if "throughput" in args.steps:  # weights do not matter here: fresh models, nothing trained
+        throughput(setup(args.seeds[:1]), models, batch_size=4096, iterations=args.iterations)
     target = args.docs / "results" / name
     target.mkdir(parents=True, exist_ok=True)
-    for file in FILES:
-        shutil.copyfile(out / file, target / file)
+    for file in FILES + OPTIONAL_FILES:
+        if (out / file).exists():
+            shutil.copyfile(out / file, target / file)
 
 
 def section(name: str, docs: Path) -> str:
@@ -60,7 +73,7 @@ def section(name: str, docs: Path) -> str:
     for md, pngs in (("compare.md", []), ("segments.md", ["segments.png"]), ("ablate.md", []),
                      ("sweep.md", ["sweep_train.png", "sweep_test.png"]), ("throughput.md", ["throughput.png"])):
         parts.append((folder / md).read_text())
-        parts += [f"![{png}](results/{name}/{png})\n" for png in pngs]
+        parts += [f"![{png}](results/{name}/{png})\n" for png in pngs if (folder / png).exists()]
     return "\n".join(parts)
 
 
@@ -70,6 +83,12 @@ def main() -> None:
     parser.add_argument("--docs", type=Path, default=Path("docs"))
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     parser.add_argument("--models", nargs="+", default=ALL_MODELS)
+    parser.add_argument("--synthetic-models", nargs="+", default=None,
+                        help="models for the synthetic datasets (default: --models)")
+    parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
+    parser.add_argument("--sweep-phases", nargs="+", default=["train", "test"], choices=["train", "test"])
+    parser.add_argument("--synthetic-sweep-phases", nargs="+", default=["train", "test"], choices=["train", "test"],
+                        help="sweep phases on the synthetic datasets")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 1, 2])
     parser.add_argument("--ablate-seeds", type=int, nargs="+", default=[2026, 1, 2])
     parser.add_argument("--sweep-seeds", type=int, nargs="+", default=[2026])
@@ -80,6 +99,11 @@ def main() -> None:
         print(f"== {name}", flush=True)
         one_dataset(name, args)
 
+    missing = [f"{name}/{file}" for name in args.datasets for file in FILES
+               if not (args.docs / "results" / name / file).exists()]
+    if missing:
+        print(f"not writing {args.docs / 'results.md'}: still missing {', '.join(missing)}")
+        return
     command = "python benchmarks/results.py " + shlex.join(sys.argv[1:])
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                f"PyTorch {torch.__version__}, Python {platform.python_version()}")

@@ -162,7 +162,8 @@ def experiment_setup(ctx: typer.Context, out: Path, data: Optional[Path], format
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     overrides += list(ctx.args)
-    apply_overrides(RunConfig(), [o for o in overrides if not o.startswith("model.")])  # fail early on typos
+    # fail early on typos: unscoped data/train/align keys here, model keys when each run is built
+    apply_overrides(RunConfig(), [o for o in overrides if not o.startswith("model.") and ":" not in o.split("=")[0]])
     return Setup(out=out, overrides=overrides, seeds=parse_seeds(seeds), device=device,
                  progress=not quiet)
 
