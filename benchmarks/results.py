@@ -137,17 +137,28 @@ def main() -> None:
     parser.add_argument("--sweep-seeds", type=int, nargs="+", default=[2026])
     parser.add_argument("--iterations", type=int, default=5, help="timed throughput iterations")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--assemble-only", action="store_true",
+                        help="only rewrite docs/results.md (e.g. after editing the reading), keeping the "
+                             "command of the last full generation at its top")
     args = parser.parse_args()
-    for name in args.datasets:
-        print(f"== {name}", flush=True)
-        one_dataset(name, args)
+    command_file = args.out / "command.txt"
+    if args.assemble_only:
+        if not command_file.exists():
+            raise SystemExit(f"{command_file} is missing: run the full generation first")
+        command = command_file.read_text().strip()
+    else:
+        for name in args.datasets:
+            print(f"== {name}", flush=True)
+            one_dataset(name, args)
+        command = "python benchmarks/results.py " + shlex.join(sys.argv[1:])
+        if set(args.steps) == set(STEPS):
+            write_text(command_file, command + "\n")
 
     missing = [f"{name}/{file}" for name in args.datasets for file in FILES
                if not (args.docs / "results" / name / file).exists()]
     if missing:
         print(f"not writing {args.docs / 'results.md'}: still missing {', '.join(missing)}")
         return
-    command = "python benchmarks/results.py " + shlex.join(sys.argv[1:])
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
                f"PyTorch {torch.__version__}, Python {platform.python_version()}")
     head = ["# Results: the paper's tables and figures, measured here", "",
