@@ -191,7 +191,10 @@ SHORT = SeqBatch(torch.tensor([[0, 4], [7, 3]] * 12), torch.ones(24, 2, dtype=to
 
 @pytest.mark.parametrize("overrides", [{}, {"num_layers": 2}, {"single_layer_residual": True, "output_gate": True}])
 @pytest.mark.parametrize("short", [False, True])
-def test_fast_inference_equals_the_full_computation(overrides, short):
+@pytest.mark.parametrize("cache_tokens", [None, 7])
+def test_fast_inference_equals_the_full_computation(overrides, short, cache_tokens, monkeypatch):
+    if cache_tokens:  # a few sequences per chunk, the last chunk partial
+        monkeypatch.setattr("t2arec.models.last_state.CACHE_TOKENS", cache_tokens * (2 if short else 12))
     model = tiny_model(**overrides)
     slow = slow_copy(model)
     batch = SHORT if short else random_batch()

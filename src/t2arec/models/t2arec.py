@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2arec.models.base import SeqBatch, SequentialRecommender, init_normal_
+from t2arec.models.last_state import final_state_from_rows
 from t2arec.models.layers import FeedForward
 from t2arec.models.ssd import final_state, scan_chunked, scan_sequential
 from t2arec.models.ssd_kernels import kernel_available, scan_kernel
@@ -92,7 +93,8 @@ class TokenInputs:
         """Columns ``cols`` at every position, or at the ``last`` positions: (B, L or last, width)."""
         if self.table is not None:
             rows = self.items if last is None else self.items[:, -last:]
-            return self.table[:, cols][rows]
+            columns = self.table[:, cols]  # index_select copies rows: much faster than columns[rows]
+            return columns.index_select(0, rows.reshape(-1)).view(*rows.shape, columns.shape[1])
         source = self.projection if last is None else self.projection[:, -last:]
         return source[..., cols]
 
@@ -173,22 +175,25 @@ class T2AMambaBlock(nn.Module):
         """
         d, ds, k = self.cfg.hidden_size, self.cfg.state_size, self.cfg.conv_kernel
         gate = d if self.cfg.output_gate else 0
-        xb_cols, c_cols = slice(gate, gate + d + ds), slice(gate + d + ds, gate + self.conv_channels)
+        xb_cols = slice(gate, gate + d + ds)
         maskf = mask.to(self.conv.weight.dtype)
-        # x~ and B~ everywhere, convolved per channel (zero rows before the start and at padding)
-        xb_in = inputs.take(xb_cols)
-        xb = F.conv1d(F.pad(xb_in.transpose(1, 2), (k - 1, 0)), self.conv.weight[: d + ds],
-                      self.conv.bias[: d + ds], groups=d + ds).transpose(1, 2)
-        x, b = torch.split(F.silu(xb), [d, ds], dim=-1)
         delta = F.softplus(inputs.take(slice(-1, None))[..., 0] + self.dt_bias) * maskf
-        h_n = final_state(x * delta[..., None], delta * self.A, b)  # padding adds 0: Delta = 0 there
-        # C~ only in the kernel window that ends at position n
+        # the kernel window that ends at position n gives x_n and C_n
         tail = inputs.take(slice(gate, gate + self.conv_channels), last=k)  # (B, <=k, C)
         if tail.shape[1] < k:
             tail = F.pad(tail, (0, 0, k - tail.shape[1], 0))
-        c_window = tail[..., c_cols.start - gate :]
-        c_last = F.silu(torch.einsum("bkc,ck->bc", c_window, self.conv.weight[d + ds :, 0, :]) + self.conv.bias[d + ds :])
-        x_last = x[:, -1]
+        xbc_last = F.silu(torch.einsum("bkc,ck->bc", tail, self.conv.weight[:, 0, :]) + self.conv.bias)
+        x_last, _, c_last = self.split_conv_output(xbc_last)
+        # h_n from x and B at every position (padding adds 0: Delta = 0 there)
+        if inputs.table is not None:  # per-item rows: gathered, convolved and summed in cache-sized chunks
+            h_n = final_state_from_rows(inputs.table[:, xb_cols], inputs.items, 0, self.conv.weight[: d + ds, 0],
+                                        self.conv.bias[: d + ds], delta, self.A, d)
+        else:
+            xb_in = inputs.take(xb_cols)
+            xb = F.conv1d(F.pad(xb_in.transpose(1, 2), (k - 1, 0)), self.conv.weight[: d + ds],
+                          self.conv.bias[: d + ds], groups=d + ds).transpose(1, 2)
+            x, b = torch.split(F.silu(xb), [d, ds], dim=-1)
+            h_n = final_state(x * delta[..., None], delta * self.A, b)
         y = torch.einsum("bn,bnd->bd", c_last, h_n) + self.D * x_last
         if gate:
             y = y * F.silu(inputs.take(slice(0, gate), last=1)[:, 0])
@@ -352,11 +357,13 @@ class T2ARec(SequentialRecommender):
         valid = F.pad(valid, (pad, 0), value=False)
         bsz = d_all.shape[0]
         d_all, t_all, valid = (v.reshape(bsz, -1, block) for v in (d_all, t_all, valid))
-        d_diff = d_all[..., :, None] - d_all[..., None, :]
-        t_diff = t_all[..., :, None] - t_all[..., None, :]
-        upper = torch.triu(torch.ones(block, block, dtype=torch.bool, device=delta.device), 1)
-        pairs = valid[..., :, None] & valid[..., None, :] & upper
-        hinge = F.relu(1.0 - d_diff * t_diff / self.cfg.time_scale)
+        # only the pairs i < j inside a block: half the work of a full (block x block) difference
+        first, second = torch.triu_indices(block, block, 1, device=delta.device)
+        with torch.no_grad():  # the time gaps are data: nothing to differentiate, nothing to store
+            pairs = valid.index_select(-1, first) & valid.index_select(-1, second)
+            t_scaled = (t_all.index_select(-1, first) - t_all.index_select(-1, second)) * pairs / self.cfg.time_scale
+        d_diff = d_all.index_select(-1, first) - d_all.index_select(-1, second)
+        hinge = F.relu(1.0 - d_diff * t_scaled)
         count = pairs.sum()
         return (hinge * pairs).sum() / count.clamp(min=1)
 
