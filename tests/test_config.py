@@ -42,3 +42,13 @@ def test_toml_config_file(tmp_path):
     path.write_text("[model]\nnot_a_key = 1\n")
     with pytest.raises(ConfigError, match="not_a_key"):
         load_config_file(RunConfig(), path)
+
+
+def test_a_model_brings_its_training_defaults_and_overrides_still_win():
+    cfg = RunConfig()
+    apply_overrides(cfg, ["model_name=sasrec"])
+    assert cfg.train.stride == 10  # RecBole trains SASRec on every prefix
+    apply_overrides(cfg, ["train.stride=0"])
+    assert cfg.train.stride == 0
+    apply_overrides(cfg, ["model_name=sasrec", "model_name=gru4rec"])
+    assert cfg.train.stride == 0  # back to the plain default

@@ -30,3 +30,13 @@ def test_segments_split_by_target_time_into_equal_parts():
     times = np.array([50.0, 10.0, 40.0, 20.0, 30.0, 60.0, 70.0, 80.0])
     segs = time_segments(times, 4)
     assert [s.tolist() for s in segs] == [[1, 3], [2, 4], [0, 5], [6, 7]]
+
+
+def test_nan_scores_never_help_the_target():
+    nan = float("nan")
+    scores = torch.tensor([[0.1, nan, 0.3, 0.2],   # target item 3 (0.3): the NaN item counts above it
+                           [nan, nan, nan, nan],   # a diverged row: the target ranks last
+                           [0.5, 0.1, nan, 0.2]])  # target item 1 (0.5)
+    ranks = target_ranks(scores, torch.tensor([3, 2, 1]))
+    assert ranks.tolist() == [1, 3, 1]
+    assert metrics_from_ranks(ranks.numpy())["ndcg@10"] < 1.0  # finite, never inf

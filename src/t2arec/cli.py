@@ -117,7 +117,10 @@ DATA_OPT = typer.Option(None, help="Interaction file; omit for the built-in synt
 FORMAT_OPT = typer.Option("auto", "--format", help="auto | recbole | movielens | csv | parquet")
 MAX_LEN_OPT = typer.Option(None, help="Maximum input length.")
 EPOCHS_OPT = typer.Option(None, help="Maximum training epochs per run.")
-SEEDS_OPT = typer.Option("2026", help="Comma-separated seeds, e.g. 2026,1,2.")
+SEEDS_HELP = ("How many seeds (3 = seeds 2026, 2027, 2028) or which, comma-separated (2026,1,2; a single seed "
+              "as 7,).")
+SEEDS_OPT = typer.Option("1", help=SEEDS_HELP)
+FIRST_SEED = 2026
 DEVICE_OPT = typer.Option("cpu", help="cpu | cuda")
 QUIET_OPT = typer.Option(False, help="No progress bars.")
 MODELS_HELP = "Comma-separated model names (" + ", ".join(MODEL_NAMES) + ")."
@@ -132,6 +135,16 @@ def parse_list(text: str, kind: type, name: str) -> list:
     if not values:
         raise ConfigError(f"--{name}: give at least one value")
     return values
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"3"`` -> [2026, 2027, 2028] (a count); ``"2026,1,2"`` or ``"7,"`` -> those seeds."""
+    if "," not in text:
+        count = parse_list(text, int, "seeds")[0]
+        if count < 1:
+            raise ConfigError(f"--seeds: a count of seeds must be >= 1, got {count}")
+        return [FIRST_SEED + i for i in range(count)]
+    return parse_list(text, int, "seeds")
 
 
 def experiment_setup(ctx: typer.Context, out: Path, data: Optional[Path], format: str, max_len: Optional[int],
@@ -149,8 +162,9 @@ def experiment_setup(ctx: typer.Context, out: Path, data: Optional[Path], format
     if epochs is not None:
         overrides.append(f"train.epochs={epochs}")
     overrides += list(ctx.args)
-    apply_overrides(RunConfig(), [o for o in overrides if not o.startswith("model.")])  # fail early on typos
-    return Setup(out=out, overrides=overrides, seeds=parse_list(seeds, int, "seeds"), device=device,
+    # fail early on typos: unscoped data/train/align keys here, model keys when each run is built
+    apply_overrides(RunConfig(), [o for o in overrides if not o.startswith("model.") and ":" not in o.split("=")[0]])
+    return Setup(out=out, overrides=overrides, seeds=parse_seeds(seeds), device=device,
                  progress=not quiet)
 
 
@@ -162,7 +176,7 @@ def echo_written(out: Path, names: list[str]) -> None:
 def compare(ctx: typer.Context,
             models: str = typer.Option("caser,gru4rec,bert4rec,sasrec,mamba4rec,tim4rec,ttt4rec,t2arec",
                                        help=MODELS_HELP),
-            seeds: str = typer.Option("2026,1,2", help="Comma-separated seeds, e.g. 2026,1,2."),
+            seeds: str = typer.Option("3", help=SEEDS_HELP),
             data: Optional[Path] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
             epochs: Optional[int] = EPOCHS_OPT, device: str = DEVICE_OPT,
             out: Path = typer.Option(Path("runs/compare"), help="Output folder (finished runs are reused)."),
@@ -225,7 +239,7 @@ def sweep(ctx: typer.Context, seeds: str = SEEDS_OPT,
 
 @app.command(context_settings=EXTRA)
 def segments(ctx: typer.Context, models: str = typer.Option("tim4rec,ttt4rec,t2arec", help=MODELS_HELP),
-             seeds: str = SEEDS_OPT,
+             seeds: str = typer.Option("3", help=SEEDS_HELP),
              data: Optional[Path] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
              epochs: Optional[int] = EPOCHS_OPT, device: str = DEVICE_OPT,
              out: Path = typer.Option(Path("runs/compare"), help="Output folder (finished runs are reused)."),
@@ -259,7 +273,7 @@ def throughput(ctx: typer.Context,
     def job() -> Any:
         if batch_size < 1 or iterations < 1 or warmup < 0:
             raise ConfigError("--batch-size and --iterations must be >= 1, --warmup >= 0")
-        setup = experiment_setup(ctx, out, data, format, max_len, None, "2026", device, quiet)
+        setup = experiment_setup(ctx, out, data, format, max_len, None, "1", device, quiet)
         return run_throughput(setup, parse_list(models, str, "models"), batch_size, iterations, warmup)
 
     typer.echo(to_markdown(run_guarded(job)))

@@ -133,9 +133,15 @@ def set_value(cfg: RunConfig, dotted: str, value: Any, from_text: bool) -> None:
     parsed = _parse_value(value, types[key], dotted) if from_text else _coerce(value, types[key], dotted)
     if target is cfg and key == "model_name" and parsed != cfg.model_name:
         try:  # a different model brings its own [model] section, with its defaults
-            cfg.model = model_spec(parsed).config()
+            new_spec, old_spec = model_spec(parsed), model_spec(cfg.model_name)
         except ValueError as err:
             raise ConfigError(str(err)) from None
+        cfg.model = new_spec.config()
+        plain = TrainConfig()
+        for name in old_spec.train_defaults:  # undo the previous model's training defaults
+            setattr(cfg.train, name, getattr(plain, name))
+        for name, value in new_spec.train_defaults.items():
+            setattr(cfg.train, name, value)
     setattr(target, key, parsed)
 
 

@@ -21,10 +21,15 @@ from t2arec.models.base import SequentialRecommender
 
 
 def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
-    """0-based pessimistic rank of each target. scores: (B, N) for items 1..N; targets: (B,) in 1..N."""
+    """0-based pessimistic rank of each target. scores: (B, N) for items 1..N; targets: (B,) in 1..N.
+
+    A NaN score (a test-time step that diverged) never helps the target: a NaN target ranks last
+    and a NaN on another item counts as above the target.
+    """
     target_scores = scores.gather(1, (targets - 1)[:, None])
-    higher_or_tied = (scores >= target_scores).sum(dim=1)
-    return higher_or_tied - 1  # the target itself is not above itself
+    higher_or_tied = (scores >= target_scores) | scores.isnan()
+    ranks = higher_or_tied.sum(dim=1) - 1  # the target itself is not above itself
+    return torch.where(target_scores[:, 0].isnan(), scores.shape[1] - 1, ranks)
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = (10,)) -> dict[str, float]:

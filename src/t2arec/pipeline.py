@@ -213,3 +213,20 @@ def evaluate_variant(run_dir: str | Path, align: AlignConfig, device: str = "cpu
     return {"model": cfg.model_name, "seed": cfg.seed, "checkpoint": str(Path(run_dir) / "checkpoint"),
             "valid": (valid_ev.aligned or valid_ev.unaligned).metrics, "valid_no_tta": valid_ev.unaligned.metrics,
             **results_block(test_ev, align), "alignment_selection": lr_table}
+
+
+def refresh_evaluation(run_dir: str | Path, device: str = "cpu") -> dict[str, Any]:
+    """Re-run the evaluation part of ``run`` on a finished run's checkpoint and rewrite its results.json.
+
+    Training results (epochs, losses, time) are kept; the step-size choice, validation and test
+    figures are recomputed with the current evaluator (for example after an evaluation fix).
+    """
+    run_dir = Path(run_dir)
+    results = json.loads((run_dir / "results.json").read_text())
+    align = AlignConfig(**{**results["config"]["align"], "lr_grid": tuple(results["config"]["align"]["lr_grid"])})
+    fresh = evaluate_variant(run_dir, align, device)
+    for key in ("valid", "valid_no_tta", "test", "test_no_tta", "segments", "alignment", "alignment_selection"):
+        results[key] = fresh[key]
+    results["config"]["align"]["lr"] = fresh["alignment"]["lr"]
+    write_json(run_dir / "results.json", results)
+    return results

@@ -65,7 +65,7 @@ def test_compare_reuses_finished_runs(out):
 
 
 def test_ablate_has_the_seven_rows_of_table_3(out):
-    invoke("ablate", "--seeds", "1", "--out", str(out), *TINY)
+    invoke("ablate", "--seeds", "1,", "--out", str(out), *TINY)
     rows = json.loads((out / "ablate.json").read_text())["rows"]
     assert list(rows) == ["T2ARec (full)", "w/o L_all", "w/o L_time", "w/o L_state", "w/o test-time L_all",
                           "w/o test-time L_time", "w/o test-time L_state"]
@@ -76,7 +76,7 @@ def test_ablate_has_the_seven_rows_of_table_3(out):
 
 
 def test_sweep_draws_figures_6_and_7(out, figures):
-    invoke("sweep", "--seeds", "1", "--train-grid", "0,0.1", "--test-grid", "0,0.01", "--out", str(out), *TINY)
+    invoke("sweep", "--seeds", "1,", "--train-grid", "0,0.1", "--test-grid", "0,0.01", "--out", str(out), *TINY)
     result = json.loads((out / "sweep.json").read_text())
     assert [p["value"] for p in result["train"]["mu_time"]] == [0.0, 0.1]
     assert [p["value"] for p in result["test"]["mu_state"]] == [0.0, 0.01]
@@ -113,3 +113,13 @@ def test_a_bad_model_name_is_one_clear_error(tmp_path):
     result = CliRunner().invoke(app, ["compare", "--models", "sasrec,nosuch", "--out", str(tmp_path), *TINY])
     assert result.exit_code == 2
     assert "unknown model 'nosuch'" in result.output
+
+
+def test_seeds_are_a_count_or_a_list():
+    from t2arec.cli import parse_seeds
+
+    assert parse_seeds("3") == [2026, 2027, 2028]
+    assert parse_seeds("2026,1,2") == [2026, 1, 2]
+    assert parse_seeds("7,") == [7]
+    with pytest.raises(ValueError, match="seeds"):
+        parse_seeds("0")

@@ -47,3 +47,14 @@ def test_setup_rejects_repeated_or_missing_seeds(tmp_path):
         Setup(out=tmp_path, seeds=[1, 1])
     with pytest.raises(ExperimentError):
         Setup(out=tmp_path, seeds=[])
+
+
+def test_model_scoped_overrides_reach_that_model_only_and_name_its_folder(tmp_path):
+    from t2arec.experiments.store import build_config
+
+    setup = Setup(out=tmp_path, overrides=[*TINY, "sasrec:train.stride=5", "sasrec:model.hidden_dropout=0.2"])
+    sasrec, t2arec = build_config(setup, Variant("sasrec"), 1), build_config(setup, Variant("t2arec"), 1)
+    assert (sasrec.train.stride, sasrec.model.hidden_dropout) == (5, 0.2)
+    assert t2arec.train.stride == 0
+    assert run_dir(setup, Variant("sasrec"), 1).parent.name == "sasrec+train.stride=5+model.hidden_dropout=0.2"
+    assert run_dir(setup, Variant("t2arec"), 1).parent.name == "t2arec"

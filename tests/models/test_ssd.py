@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from t2arec.models.ssd import scan_chunked, scan_sequential, segment_sums
+from t2arec.models.ssd import final_state, scan_chunked, scan_sequential, segment_sums
 
 
 def random_inputs(batch=3, length=37, d=8, d_state=4, dtype=torch.float64, seed=0):
@@ -58,3 +58,46 @@ def test_chunked_float32_close_to_float64_reference():
     y_ref, _ = scan_sequential(x, a, b, c)
     y, _ = scan_chunked(*(t.float() for t in (x, a, b, c)), chunk_size=16)
     assert torch.allclose(y.double(), y_ref, atol=1e-4, rtol=1e-5)
+
+
+def test_final_state_equals_the_loop_and_its_gradients():
+    x, a, b, c = random_inputs()
+    leaves = [t.clone().requires_grad_() for t in (x, a, b)]
+    direct = final_state(*leaves)
+    _, reference = scan_sequential(x, a, b, c)
+    assert torch.allclose(direct, reference, atol=1e-10)
+    weights = torch.randn_like(reference)
+    grads = torch.autograd.grad((direct * weights).sum(), leaves)
+    ref_leaves = [t.clone().requires_grad_() for t in (x, a, b)]
+    ref_grads = torch.autograd.grad((scan_sequential(*ref_leaves, c)[1] * weights).sum(), ref_leaves)
+    for got, want in zip(grads, ref_grads):
+        assert torch.allclose(got, want, atol=1e-9)
+
+
+def test_final_state_hand_case():
+    # h2 = e^{-1} * (1 * 2) + 1 * 3, as in the loop's hand case
+    x = torch.tensor([[[2.0], [3.0]]])
+    h = final_state(x, torch.tensor([[0.0, -1.0]]), torch.ones(1, 2, 1))
+    assert torch.allclose(h, torch.tensor([[[2.0 * torch.e**-1 + 3.0]]]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernel needs CUDA")
+def test_fused_kernel_equals_the_pytorch_scan():
+    from t2arec.models import ssd_kernels
+
+    if ssd_kernels._kernel is None:
+        pytest.skip("mamba_ssm is not installed")
+    x, _, b, c = random_inputs(batch=4, length=100, d=64, d_state=32, dtype=torch.float32)
+    delta = torch.rand(4, 100) * 0.1
+    a = torch.tensor([-2.0])
+    x, delta, a, b, c = (t.cuda() for t in (x, delta, a, b, c))
+    y, h = ssd_kernels.scan_kernel(x, delta, a, b, c, chunk_size=64)
+    y_ref, h_ref = scan_chunked(x * delta[..., None], delta * a, b, c, chunk_size=64)
+    assert torch.allclose(y, y_ref, atol=1e-3, rtol=1e-3)
+    assert torch.allclose(h, h_ref, atol=1e-3, rtol=1e-3)
+
+
+def test_without_the_kernel_the_pytorch_scan_runs():
+    from t2arec.models import ssd_kernels
+
+    assert not ssd_kernels.kernel_available(torch.zeros(1))  # a CPU tensor never takes the kernel path

@@ -57,8 +57,9 @@ def test_refeed_is_step_n_plus_one_of_the_same_transform():
     mixer = model.layers[0].mixer
     items = torch.tensor([[2, 5, 9, 11, 4]])
     mask = items > 0
-    o, u, trace = model.encode(items)
-    x_next, _, delta_next = mixer.refeed(o[:, -1], trace.conv_inputs)
+    o, trace = model.encode(items)
+    u = model.embed(items)
+    x_next, _, delta_next = mixer.refeed(o[:, -1], trace.conv_tail)
     # run the block on u_1..u_n followed by o_n as token n+1
     u_ext = torch.cat([u, o[:, -1:]], dim=1)
     out_ext, trace_ext = mixer(u_ext, torch.ones(1, 6, dtype=torch.bool))
@@ -115,7 +116,7 @@ def test_state_loss_matches_the_formulas_of_the_spec(state_p):
         mixer.P.fill_(0.7)
     items = torch.tensor([[0, 3, 6, 2]])
     batch = make_batch(items.tolist(), [[0.0, 0.0, 30.0, 60.0]], [90.0])
-    o, _, trace = model.encode(items)
+    o, trace = model.encode(items)
     _, state = model.self_supervised_losses(batch, o[:, -1], trace)
     # by hand: run the recurrence in a loop, then the forward and backward states
     z = mixer.in_proj(model.embed(items))
@@ -154,7 +155,7 @@ def test_training_losses_are_finite_and_backpropagate():
     assert model.layers[0].mixer.q_proj.weight.grad.abs().sum() > 0
     assert model.layers[0].mixer.dt_bias.grad.abs().sum() > 0
     # the rec loss is the mean cross-entropy over the 7 real targets
-    o, _, _ = model.encode(items)
+    o, _ = model.encode(items)
     logits = o[targets > 0] @ model.item_embedding.weight[1:].T
     assert losses["rec"].item() == pytest.approx(F.cross_entropy(logits, targets[targets > 0] - 1).item(), rel=1e-5)
 
@@ -163,3 +164,87 @@ def test_padding_never_ranks():
     model = tiny_model()
     scores = model.score(make_batch([[1, 2, 3]], [[0.0, 1.0, 1.0]], [1.0]))
     assert scores.shape == (1, 20)  # items 1..20 only
+
+
+def random_batch(rows=6, length=10, num_items=20, seed=1) -> SeqBatch:
+    g = torch.Generator().manual_seed(seed)
+    items = torch.randint(1, num_items + 1, (rows, length), generator=g)
+    items[0, :4] = 0  # left padding in one row
+    items[1, :9] = 0  # a single item in another
+    gaps = torch.rand(rows, length, generator=g, dtype=torch.float64) * 1e4 * (items > 0)
+    return SeqBatch(items, gaps, torch.rand(rows, generator=g, dtype=torch.float64) * 1e4,
+                    torch.randint(1, num_items + 1, (rows,), generator=g))
+
+
+def slow_copy(model: T2ARec) -> T2ARec:
+    """The same weights with every inference shortcut off (full per-position outputs, no table)."""
+    import dataclasses
+
+    slow = T2ARec(dataclasses.replace(model.cfg, fast_inference=False, use_item_table=False)).double().eval()
+    slow.load_state_dict(model.state_dict())
+    return slow
+
+
+SHORT = SeqBatch(torch.tensor([[0, 4], [7, 3]] * 12), torch.ones(24, 2, dtype=torch.float64),
+                 torch.ones(24, dtype=torch.float64), torch.ones(24, dtype=torch.long))  # L < conv kernel
+
+
+@pytest.mark.parametrize("overrides", [{}, {"num_layers": 2}, {"single_layer_residual": True, "output_gate": True}])
+@pytest.mark.parametrize("short", [False, True])
+@pytest.mark.parametrize("cache_tokens", [None, 7])
+def test_fast_inference_equals_the_full_computation(overrides, short, cache_tokens, monkeypatch):
+    if cache_tokens:  # a few sequences per chunk, the last chunk partial
+        monkeypatch.setattr("t2arec.models.last_state.CACHE_TOKENS", cache_tokens * (2 if short else 12))
+    model = tiny_model(**overrides)
+    slow = slow_copy(model)
+    batch = SHORT if short else random_batch()
+    assert model.use_table(batch.items) == (model.cfg.num_layers == 1) and not slow.use_table(batch.items)
+    assert torch.allclose(model.score(batch), slow.score(batch), atol=1e-12)
+    fast_loss = model.alignment_loss(batch, 0.3, 0.7)
+    slow_loss = slow.alignment_loss(batch, 0.3, 0.7)
+    assert torch.allclose(fast_loss, slow_loss, atol=1e-12)
+    fast_grads = torch.autograd.grad(fast_loss, list(model.parameters()), allow_unused=True, materialize_grads=True)
+    slow_grads = torch.autograd.grad(slow_loss, list(slow.parameters()), allow_unused=True, materialize_grads=True)
+    for (name, _), got, want in zip(model.named_parameters(), fast_grads, slow_grads):
+        assert torch.allclose(got, want, atol=1e-12), name
+
+
+def test_the_item_table_follows_every_parameter_change():
+    model = tiny_model()
+    batch = random_batch()
+    with torch.no_grad():  # inference: the table is cached
+        before = model.score(batch)
+        assert torch.equal(model.score(batch), before)
+        # in place, as an optimiser step or the alignment step and its restore do
+        model.item_embedding.weight[1:].add_(torch.randn_like(model.item_embedding.weight[1:]))
+        after = model.score(batch)
+        assert not torch.allclose(before, after)
+        assert torch.allclose(after, slow_copy(model).score(batch), atol=1e-12)
+        model.layers[0].mixer.in_proj.weight.mul_(2.0)
+        assert torch.allclose(model.score(batch), slow_copy(model).score(batch), atol=1e-12)
+
+
+def test_training_mode_never_uses_the_table():
+    model = tiny_model().train()
+    assert not model.use_table(random_batch().items)
+
+
+def test_aligned_scores_with_and_without_the_shortcuts_agree_in_float32():
+    from t2arec.align import AlignConfig, score_batch
+
+    torch.manual_seed(0)
+    cfg = T2ARecConfig(num_items=20, hidden_size=16, state_size=8, dropout=0.0, chunk_size=4)
+    fast = T2ARec(cfg).eval()
+    import dataclasses
+
+    slow = T2ARec(dataclasses.replace(cfg, fast_inference=False, use_item_table=False)).eval()
+    slow.load_state_dict(fast.state_dict())
+    batch = random_batch(rows=8, length=12)
+    batch = SeqBatch(batch.items, batch.gaps.float(), batch.next_gap.float(), batch.targets)
+    align = AlignConfig(lr=5.0)  # a step large enough to move the scores
+    fast_scores, fast_stats = score_batch(fast, batch, align)
+    slow_scores, slow_stats = score_batch(slow, batch, align)
+    plain, _ = score_batch(fast, batch, None)
+    assert not torch.allclose(fast_scores, plain, atol=1e-4)
+    assert torch.allclose(fast_scores, slow_scores, atol=1e-5)
+    assert fast_stats.param_shift == pytest.approx(slow_stats.param_shift, rel=1e-4)

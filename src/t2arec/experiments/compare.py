@@ -76,9 +76,10 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
             + markdown_table(header, body) + "\n\n" + "\n".join(notes) + "\n")
 
 
-def compare(setup: Setup, models: list[str], title: str = "Overall performance (Table 2)") -> dict[str, Any]:
-    """Train (or reuse) every model for every seed; write compare.json and compare.md into ``setup.out``."""
+def compare(setup: Setup, models: list[str], title: str = "Overall performance (Table 2)",
+            name: str = "compare") -> dict[str, Any]:
+    """Train (or reuse) every model for every seed; write ``name``.json and ``name``.md into ``setup.out``."""
     summary = summarise(collect_rows(setup, models), setup.seeds)
-    write_json(setup.out / "compare.json", summary)
-    write_text(setup.out / "compare.md", to_markdown(summary, title))
+    write_json(setup.out / f"{name}.json", summary)
+    write_text(setup.out / f"{name}.md", to_markdown(summary, title))
     return summary

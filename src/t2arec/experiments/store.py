@@ -34,15 +34,29 @@ class ExperimentError(ValueError):
     """An experiment cannot go on (for example its output folder holds a different run)."""
 
 
+def _scope(override: str) -> str | None:
+    """The model an override is scoped to (``sasrec:train.stride=10`` -> "sasrec"), else None."""
+    head, sep, _ = override.partition("=")[0].partition(":")
+    return head.strip() if sep else None
+
+
 @dataclass
 class Setup:
     """What every run of an experiment shares."""
 
     out: Path
-    overrides: list[str] = field(default_factory=list)  # section.key=value, applied to every run
+    # section.key=value, applied to every run; MODEL:section.key=value to that model's runs only
+    overrides: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [2026])
     device: str = "cpu"
     progress: bool = True
+
+    def common_overrides(self) -> list[str]:
+        return [o for o in self.overrides if not _scope(o)]
+
+    def scoped_overrides(self, model: str) -> tuple[str, ...]:
+        """Overrides written ``MODEL:section.key=value`` apply to that model's runs only."""
+        return tuple(o.partition(":")[2] for o in self.overrides if _scope(o) == model)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -72,7 +86,7 @@ def build_config(setup: Setup, variant: Variant, seed: int) -> RunConfig:
     model_spec(variant.model)  # an unknown name fails here, before anything trains
     cfg = RunConfig()
     apply_overrides(cfg, [f"model_name={variant.model}", f"seed={seed}", f"device={setup.device}",
-                          *setup.overrides, *variant.overrides])
+                          *setup.common_overrides(), *setup.scoped_overrides(variant.model), *variant.overrides])
     validate(cfg)
     return cfg
 
@@ -95,7 +109,10 @@ def _differences(stored: dict[str, Any], wanted: dict[str, Any], prefix: str = "
 
 
 def run_dir(setup: Setup, variant: Variant, seed: int) -> Path:
-    return setup.out / "runs" / variant.folder / f"seed-{seed}"
+    """Model-scoped overrides are part of the folder name, like the variant's own."""
+    scoped = setup.scoped_overrides(variant.model)
+    effective = Variant(variant.model, (*scoped, *variant.overrides)) if scoped else variant
+    return setup.out / "runs" / effective.folder / f"seed-{seed}"
 
 
 def ensure_run(setup: Setup, variant: Variant, seed: int) -> dict[str, Any]:

@@ -15,6 +15,10 @@ Two algorithms compute it:
   ``d_s x d`` states are passed on. It is what training and inference use.
 
 Both return the outputs ``y`` (batch, length, d) and the final state ``h_n`` (batch, d_s, d).
+
+- ``final_state``: ``h_n`` alone, as one weighted sum ``h_n = sum_i exp(sum_{k>i} a_k) B_i (outer) x_i``.
+  Prediction needs only the last position, so inference and test-time alignment use it instead of
+  the scan: one batched matmul, no per-position outputs.
 """
 from __future__ import annotations
 
@@ -33,6 +37,18 @@ def scan_sequential(x: Tensor, log_decay: Tensor, b: Tensor, c: Tensor) -> tuple
         state = decay * state + b[:, i, :, None] * x[:, i, None, :]
         outputs.append(torch.einsum("bn,bnd->bd", c[:, i], state))
     return torch.stack(outputs, dim=1), state
+
+
+def final_state(x: Tensor, log_decay: Tensor, b: Tensor) -> Tensor:
+    """h_n of the recurrence without computing any y. x: (B, L, d), log_decay: (B, L), b: (B, L, d_s).
+
+    The weight of position i is exp of the sum of the later log decays; those suffix sums are
+    accumulated from the end (no differences of prefix sums, so no cancellation).
+    """
+    from_here = torch.flip(torch.cumsum(torch.flip(log_decay, (1,)), dim=1), (1,))  # sum_{k>=i} a_k
+    after_here = F.pad(from_here[:, 1:], (0, 1))  # sum_{k>i} a_k, 0 for the last position
+    weighted_b = b * torch.exp(after_here)[..., None]  # (B, L, d_s)
+    return weighted_b.transpose(1, 2) @ x  # (B, d_s, d)
 
 
 def segment_sums(log_decay: Tensor) -> Tensor:

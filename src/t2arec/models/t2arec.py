@@ -24,8 +24,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2arec.models.base import SeqBatch, SequentialRecommender, init_normal_
+from t2arec.models.last_state import final_state_from_rows
 from t2arec.models.layers import FeedForward
-from t2arec.models.ssd import scan_chunked, scan_sequential
+from t2arec.models.ssd import final_state, scan_chunked, scan_sequential
+from t2arec.models.ssd_kernels import kernel_available, scan_kernel
 
 
 @dataclass
@@ -50,6 +52,10 @@ class T2ARecConfig:
     a_init_min: float = 1.0
     a_init_max: float = 16.0
     sequential_scan: bool = False  # use the reference loop (tests only; slow)
+    # inference paths that give the same results faster (switches exist to measure and test them):
+    fast_inference: bool = True  # prediction and alignment compute the last position only
+    use_item_table: bool = True  # in eval mode, project each item once instead of each token
+    use_kernels: bool = True  # on CUDA with mamba_ssm installed, its fused scan (ssd_kernels.py)
 
     def __post_init__(self) -> None:
         if self.time_transform not in ("log1p", "identity"):
@@ -65,9 +71,32 @@ class BlockTrace:
     """What the first block leaves for the alignment losses (shapes for batch B, length L)."""
 
     delta: Tensor  # (B, L), 0 at padding
-    conv_inputs: Tensor  # (B, L, d + 2 d_s), pre-convolution [x~, B~, C~], 0 at padding
+    conv_tail: Tensor  # (B, <= k-1, d + 2 d_s): pre-convolution [x~, B~, C~] of the last k-1 positions
     x_last: Tensor  # (B, d), x_n
     final_state: Tensor  # (B, d_s, d), h_n
+
+
+@dataclass
+class TokenInputs:
+    """The input projection of every token, read by column groups.
+
+    Either ``rows`` of a per-item ``table`` (num_items + 1, width) whose padding row is zero, gathered
+    by ``items`` (B, L), or a ``projection`` (B, L, width) already masked at padding. Gathering each
+    column group separately keeps every (B, L, width) slice, and its backward, out of the hot path.
+    """
+
+    items: Tensor
+    table: Tensor | None = None
+    projection: Tensor | None = None
+
+    def take(self, cols: slice, last: int | None = None) -> Tensor:
+        """Columns ``cols`` at every position, or at the ``last`` positions: (B, L or last, width)."""
+        if self.table is not None:
+            rows = self.items if last is None else self.items[:, -last:]
+            columns = self.table[:, cols]  # index_select copies rows: much faster than columns[rows]
+            return columns.index_select(0, rows.reshape(-1)).view(*rows.shape, columns.shape[1])
+        source = self.projection if last is None else self.projection[:, -last:]
+        return source[..., cols]
 
 
 class T2AMambaBlock(nn.Module):
@@ -115,7 +144,7 @@ class T2AMambaBlock(nn.Module):
         return xbc[..., :d], xbc[..., d : d + ds], xbc[..., d + ds :]
 
     def forward(self, u: Tensor, mask: Tensor) -> tuple[Tensor, BlockTrace]:
-        """u: (B, L, d), mask: (B, L) bool -> (W_out y) (B, L, d) and the trace."""
+        """u: (B, L, d), mask: (B, L) bool -> (W_out y) (B, L, d) for every position, and the trace."""
         z, conv_in, dt = self.split_projection(self.in_proj(u))
         maskf = mask.to(u.dtype)
         conv_in = conv_in * maskf[..., None]  # the convolution must not see padded values
@@ -124,23 +153,62 @@ class T2AMambaBlock(nn.Module):
         x, b, c = self.split_conv_output(F.silu(xbc))
         x = x * maskf[..., None]
         delta = F.softplus(dt + self.dt_bias) * maskf  # Delta = 0 at padding: Abar = 1, no input
-        scan = scan_sequential if self.cfg.sequential_scan else scan_chunked
-        kwargs = {} if self.cfg.sequential_scan else {"chunk_size": self.cfg.chunk_size}
-        y, final_state = scan(x * delta[..., None], delta * self.A, b, c, **kwargs)
+        if self.cfg.use_kernels and not self.cfg.sequential_scan and kernel_available(x):
+            y, final_state_ = scan_kernel(x, delta, self.A, b, c, self.cfg.chunk_size)
+        elif self.cfg.sequential_scan:
+            y, final_state_ = scan_sequential(x * delta[..., None], delta * self.A, b, c)
+        else:
+            y, final_state_ = scan_chunked(x * delta[..., None], delta * self.A, b, c, chunk_size=self.cfg.chunk_size)
         y = y + self.D * x
         if z is not None:
             y = y * F.silu(z)
-        trace = BlockTrace(delta=delta, conv_inputs=conv_in, x_last=x[:, -1], final_state=final_state)
+        trace = BlockTrace(delta=delta, conv_tail=conv_in[:, -(self.cfg.conv_kernel - 1):], x_last=x[:, -1],
+                           final_state=final_state_)
         return self.out_proj(y), trace
 
-    def refeed(self, o_last: Tensor, conv_inputs: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward_last(self, mask: Tensor, inputs: "TokenInputs") -> tuple[Tensor, BlockTrace]:
+        """The same block for the last position only: (W_out y_n) (B, 1, d) and the same trace.
+
+        y_n needs the final state h_n (``ssd.final_state``, one weighted sum), x_n and C_n, so no
+        per-position output is computed, C~ is convolved at the last position only, and the gate
+        is read at the last position only.
+        """
+        d, ds, k = self.cfg.hidden_size, self.cfg.state_size, self.cfg.conv_kernel
+        gate = d if self.cfg.output_gate else 0
+        xb_cols = slice(gate, gate + d + ds)
+        maskf = mask.to(self.conv.weight.dtype)
+        delta = F.softplus(inputs.take(slice(-1, None))[..., 0] + self.dt_bias) * maskf
+        # the kernel window that ends at position n gives x_n and C_n
+        tail = inputs.take(slice(gate, gate + self.conv_channels), last=k)  # (B, <=k, C)
+        if tail.shape[1] < k:
+            tail = F.pad(tail, (0, 0, k - tail.shape[1], 0))
+        xbc_last = F.silu(torch.einsum("bkc,ck->bc", tail, self.conv.weight[:, 0, :]) + self.conv.bias)
+        x_last, _, c_last = self.split_conv_output(xbc_last)
+        # h_n from x and B at every position (padding adds 0: Delta = 0 there)
+        if inputs.table is not None:  # per-item rows: gathered, convolved and summed in cache-sized chunks
+            h_n = final_state_from_rows(inputs.table[:, xb_cols], inputs.items, 0, self.conv.weight[: d + ds, 0],
+                                        self.conv.bias[: d + ds], delta, self.A, d)
+        else:
+            xb_in = inputs.take(xb_cols)
+            xb = F.conv1d(F.pad(xb_in.transpose(1, 2), (k - 1, 0)), self.conv.weight[: d + ds],
+                          self.conv.bias[: d + ds], groups=d + ds).transpose(1, 2)
+            x, b = torch.split(F.silu(xb), [d, ds], dim=-1)
+            h_n = final_state(x * delta[..., None], delta * self.A, b)
+        y = torch.einsum("bn,bnd->bd", c_last, h_n) + self.D * x_last
+        if gate:
+            y = y * F.silu(inputs.take(slice(0, gate), last=1)[:, 0])
+        trace = BlockTrace(delta=delta, conv_tail=tail[:, 1:], x_last=x_last, final_state=h_n)
+        return self.out_proj(y)[:, None], trace
+
+    def refeed(self, o_last: Tensor, conv_tail: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Eq. 11: Transform(o_n) as token n+1, the conv window ending at n+1.
 
-        o_last: (B, d); conv_inputs: (B, L, C) of positions 1..n. Returns x, B, Delta of step n+1.
+        o_last: (B, d); conv_tail: (B, <= k-1, C), the pre-convolution inputs of the positions before
+        n+1. Returns x, B, Delta of step n+1.
         """
         _, conv_new, dt = self.split_projection(self.in_proj(o_last))
         k = self.cfg.conv_kernel
-        window = torch.cat([conv_inputs[:, -(k - 1):], conv_new[:, None]], dim=1)  # (B, k, C)
+        window = torch.cat([conv_tail[:, -(k - 1):], conv_new[:, None]], dim=1)  # (B, k, C)
         if window.shape[1] < k:  # sequences shorter than the kernel: zeros before the start
             window = F.pad(window, (0, 0, k - window.shape[1], 0))
         xbc = torch.einsum("bkc,ck->bc", window, self.conv.weight[:, 0, :]) + self.conv.bias
@@ -163,6 +231,15 @@ class T2ARecLayer(nn.Module):
         a = self.dropout(mixed) + u if self.residual else self.dropout(mixed)
         return self.ffn(self.norm(a)), trace
 
+    def forward_last(self, u: Tensor | None, mask: Tensor, inputs: TokenInputs) -> tuple[Tensor, BlockTrace]:
+        """The last position only, (B, 1, d): the norm and the FFN are position-wise. ``u`` is read only
+        for the residual, so it may be None without one."""
+        mixed, trace = self.mixer.forward_last(mask, inputs)
+        a = self.dropout(mixed)
+        if self.residual:
+            a = a + u[:, -1:]
+        return self.ffn(self.norm(a)), trace
+
 
 class T2ARec(SequentialRecommender):
     uses_time = True
@@ -176,6 +253,8 @@ class T2ARec(SequentialRecommender):
         self.embed_dropout = nn.Dropout(cfg.dropout)
         self.embed_norm = nn.LayerNorm(cfg.hidden_size, eps=1e-12)
         self.layers = nn.ModuleList(T2ARecLayer(cfg) for _ in range(cfg.num_layers))
+        self._table: Tensor | None = None  # cache of input_table(), not a parameter nor saved
+        self._table_key: tuple | None = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -187,16 +266,69 @@ class T2ARec(SequentialRecommender):
     def embed(self, items: Tensor) -> Tensor:
         return self.embed_norm(self.embed_dropout(self.item_embedding(items)))
 
-    def encode(self, items: Tensor) -> tuple[Tensor, Tensor, BlockTrace]:
-        """items (B, L) -> outputs o (B, L, d), first-layer input u (B, L, d), first-layer trace."""
+    def encode(self, items: Tensor) -> tuple[Tensor, BlockTrace]:
+        """items (B, L) -> outputs o (B, L, d) and the first layer's trace."""
         mask = items > 0
-        u = hidden = self.embed(items)
+        hidden = self.embed(items)
         first_trace = None
         for layer in self.layers:
             hidden, trace = layer(hidden, mask)
             if first_trace is None:  # the alignment losses live in the first block, next to E
                 first_trace = trace
-        return hidden, u, first_trace
+        return hidden, first_trace
+
+    def encode_last(self, items: Tensor) -> tuple[Tensor, BlockTrace]:
+        """o of the last position only, (B, d), and the first layer's trace: all that prediction and
+        the alignment losses read. Earlier layers still run on every position; the last runs
+        ``forward_last``. In eval mode the first projection comes from the per-item table."""
+        mask = items > 0
+        table = self.input_table() if self.use_table(items) else None
+        hidden = None if table is not None and not self.layers[0].residual else self.embed(items)
+        first_trace = None
+        for i, layer in enumerate(self.layers):
+            if i == len(self.layers) - 1:
+                if i == 0 and table is not None:
+                    inputs = TokenInputs(items, table=table)
+                else:
+                    projection = layer.mixer.in_proj(hidden)
+                    inputs = TokenInputs(items, projection=projection * mask[..., None].to(projection.dtype))
+                hidden, trace = layer.forward_last(hidden, mask, inputs)
+            else:
+                hidden, trace = layer(hidden, mask)
+            if first_trace is None:
+                first_trace = trace
+        return hidden[:, -1], first_trace
+
+    # --- the per-item table: embedding, LayerNorm and input projection computed once per item ----
+    def use_table(self, items: Tensor) -> bool:
+        """At inference (no dropout) the first projection depends on the item alone, so computing it
+        per item instead of per token pays when the catalogue is smaller than the batch's tokens."""
+        return (not self.training and self.cfg.use_item_table and len(self.layers) == 1
+                and self.item_embedding.num_embeddings < items.numel())
+
+    def input_table(self) -> Tensor:
+        """in_proj(LayerNorm(E)) for every item, (num_items + 1, in_proj width), padding row zero
+        (the block zeroes padded inputs anyway, so a zero row saves that masking).
+
+        Without gradients it is cached until a parameter it reads changes (tensor versions move on
+        every in-place update: optimiser steps, test-time alignment and its restore); with gradients
+        (the test-time step) it is recomputed, so gradients reach E, the norm and the projection.
+        """
+        mixer = self.layers[0].mixer
+        sources = (self.item_embedding.weight, self.embed_norm.weight, self.embed_norm.bias, mixer.in_proj.weight)
+
+        def compute() -> Tensor:
+            rows = mixer.in_proj(self.embed_norm(self.item_embedding.weight[1:]))
+            return torch.cat([rows.new_zeros(1, rows.shape[1]), rows])
+
+        if torch.is_grad_enabled() and any(p.requires_grad for p in sources):
+            return compute()
+        key = tuple((p.data_ptr(), p._version) for p in sources)
+        if self._table_key != key:
+            with torch.no_grad():
+                self._table = compute()
+            self._table_key = key
+        return self._table
 
     def item_scores(self, o: Tensor) -> Tensor:
         """(..., d) -> (..., num_items): tied embeddings, padding row excluded so it never ranks."""
@@ -225,11 +357,13 @@ class T2ARec(SequentialRecommender):
         valid = F.pad(valid, (pad, 0), value=False)
         bsz = d_all.shape[0]
         d_all, t_all, valid = (v.reshape(bsz, -1, block) for v in (d_all, t_all, valid))
-        d_diff = d_all[..., :, None] - d_all[..., None, :]
-        t_diff = t_all[..., :, None] - t_all[..., None, :]
-        upper = torch.triu(torch.ones(block, block, dtype=torch.bool, device=delta.device), 1)
-        pairs = valid[..., :, None] & valid[..., None, :] & upper
-        hinge = F.relu(1.0 - d_diff * t_diff / self.cfg.time_scale)
+        # only the pairs i < j inside a block: half the work of a full (block x block) difference
+        first, second = torch.triu_indices(block, block, 1, device=delta.device)
+        with torch.no_grad():  # the time gaps are data: nothing to differentiate, nothing to store
+            pairs = valid.index_select(-1, first) & valid.index_select(-1, second)
+            t_scaled = (t_all.index_select(-1, first) - t_all.index_select(-1, second)) * pairs / self.cfg.time_scale
+        d_diff = d_all.index_select(-1, first) - d_all.index_select(-1, second)
+        hinge = F.relu(1.0 - d_diff * t_scaled)
         count = pairs.sum()
         return (hinge * pairs).sum() / count.clamp(min=1)
 
@@ -251,13 +385,13 @@ class T2ARec(SequentialRecommender):
     def self_supervised_losses(self, batch: SeqBatch, o_last: Tensor, trace: BlockTrace) -> tuple[Tensor, Tensor]:
         """(L_time, L_state) for the sequences of ``batch`` whose last output is ``o_last`` (B, d)."""
         mixer = self.layers[0].mixer
-        x_next, b_next, delta_next = mixer.refeed(o_last, trace.conv_inputs)
+        x_next, b_next, delta_next = mixer.refeed(o_last, trace.conv_tail)
         return self.time_loss(batch, trace.delta, delta_next), self.state_loss(trace, x_next, b_next, delta_next)
 
     # --- the SequentialRecommender contract --------------------------------------------------------
     def training_losses(self, batch: SeqBatch) -> dict[str, Tensor]:
         """All positions are trained in one causal pass; L_time and L_state at the window's end."""
-        o, _, trace = self.encode(batch.items)
+        o, trace = self.encode(batch.items)
         has_target = batch.targets > 0
         logits = self.item_scores(o[has_target])  # (T, num_items)
         rec = F.cross_entropy(logits, batch.targets[has_target] - 1)
@@ -270,11 +404,17 @@ class T2ARec(SequentialRecommender):
         losses["total"] = total
         return losses
 
+    def encode_for_prediction(self, items: Tensor) -> tuple[Tensor, BlockTrace]:
+        """(o_n (B, d), trace): by the fast path unless ``fast_inference`` is off."""
+        if self.cfg.fast_inference and not self.cfg.sequential_scan:
+            return self.encode_last(items)
+        o, trace = self.encode(items)
+        return o[:, -1], trace
+
     def score(self, batch: SeqBatch) -> Tensor:
-        o, _, _ = self.encode(batch.items)
-        return self.item_scores(o[:, -1])
+        return self.item_scores(self.encode_for_prediction(batch.items)[0])
 
     def alignment_loss(self, batch: SeqBatch, mu_time: float, mu_state: float) -> Tensor:
-        o, _, trace = self.encode(batch.items)
-        time, state = self.self_supervised_losses(batch, o[:, -1], trace)
+        o_last, trace = self.encode_for_prediction(batch.items)
+        time, state = self.self_supervised_losses(batch, o_last, trace)
         return mu_time * time + mu_state * state

@@ -1,0 +1,174 @@
+"""Performance figures of t2arec as one JSON object (issue 4): training seconds per epoch, test-time
+iterations per second at batch 4096, peak memory, and the work per test iteration against the
+machine's measured matmul rate.
+
+    python benchmarks/bench.py --out docs/bench.json
+
+Datasets: ML-100K from ``--ml100k`` (max length 50) and a synthetic set shaped like ML-1M (6,040 users,
+3,706 items, about 1M interactions, max length 200). Every timing is the median of ``--repeats``
+runs after a warm-up. Peak memory is the process's peak resident set right after the ML-1M-shaped
+training epochs, which run first (nothing larger has run before them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from t2arec.align import score_batch
+from t2arec.config import RunConfig, apply_overrides
+from t2arec.data.batching import evaluation_examples, training_windows
+from t2arec.data.prepare import prepare
+from t2arec.data.readers import read_interactions
+from t2arec.data.synthetic import make_synthetic
+from t2arec.data.types import SequenceData
+from t2arec.evaluate import target_ranks
+from t2arec.experiments.throughput import full_batch
+from t2arec.models import build_model
+from t2arec.models.base import SeqBatch, SequentialRecommender
+from t2arec.train import run_epoch
+
+
+def median_seconds(job: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        job()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        job()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """The machine's float32 matmul rate: 2 n^3 flops per n x n product."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / median_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def stream_gb_s(n: int = 50_000_000, repeats: int = 5) -> float:
+    """The machine's memory rate: bytes read and written per second by an elementwise product of
+    ``n`` float32 values (4 n read + 4 n written), far larger than any cache."""
+    x = torch.randn(n)
+    return 8 * n / median_seconds(lambda: x * 2.0, repeats) / 1e9
+
+
+def ml1m_like() -> SequenceData:
+    log = make_synthetic(num_users=6040, num_items=3706, mean_length=165, shift=1.0, seed=0)
+    return prepare(log, name="ml1m-like")
+
+
+def ml100k(path: str) -> SequenceData:
+    return prepare(read_interactions(path), name="ml-100k")
+
+
+def make_model(name: str, data: SequenceData, max_len: int, overrides: list[str] = ()) -> tuple[SequentialRecommender, RunConfig]:
+    cfg = RunConfig()
+    apply_overrides(cfg, [f"model_name={name}", f"data.max_len={max_len}", *overrides])
+    torch.manual_seed(cfg.seed)
+    return build_model(cfg, data.num_items), cfg
+
+
+def epoch_seconds(name: str, data: SequenceData, max_len: int, repeats: int) -> float:
+    model, cfg = make_model(name, data, max_len)
+    windows = training_windows(data, max_len, cfg.train.stride or None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    rng = np.random.default_rng(0)
+    return median_seconds(lambda: run_epoch(model, windows, optimizer, cfg.train, rng, "cpu"), repeats)
+
+
+def test_iteration(model: SequentialRecommender, batch: SeqBatch, align) -> None:  # noqa: ANN001
+    scores, _ = score_batch(model, batch, align)
+    target_ranks(scores, batch.targets)
+
+
+def test_it_s(name: str, data: SequenceData, max_len: int, batch_size: int, repeats: int, aligned: bool,
+              overrides: list[str] = ()) -> float:
+    model, cfg = make_model(name, data, max_len, list(overrides))
+    model.eval()
+    batch = full_batch(evaluation_examples(data, "test", max_len), batch_size)
+    align = cfg.align if aligned else None
+    return 1.0 / median_seconds(lambda: test_iteration(model, batch, align), repeats)
+
+
+class _Unattributed:
+    """A stand-in for FlopCounterMode's module tracker: every count goes to the "Global" total."""
+
+    parents = {"Global"}
+
+    def __enter__(self) -> "_Unattributed":
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def flops_per_iteration(name: str, data: SequenceData, max_len: int, batch_size: int, aligned: bool) -> int:
+    """Floating-point operations of one test iteration as counted by PyTorch (matmuls, convolutions)."""
+    model, cfg = make_model(name, data, max_len)
+    model.eval()
+    batch = full_batch(evaluation_examples(data, "test", max_len), batch_size)
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _Unattributed()  # its per-module hooks fail on tensors made under no_grad
+    with counter:
+        test_iteration(model, batch, cfg.align if aligned else None)
+    return int(counter.get_total_flops())
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ml100k", default="../shared/data/ml-100k.inter")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median)")
+    parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--slow", action="store_true", help="T2ARec without its inference shortcuts (before/after)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    slow = ["model.fast_inference=false", "model.use_item_table=false"] if args.slow else []
+    figures: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(),
+                                           "threads": torch.get_num_threads(), "torch": torch.__version__},
+                               "repeats": args.repeats, "batch_size": args.batch_size, "slow_paths": args.slow}
+
+    big = ml1m_like()
+    figures["ml1m_like"] = {"users": big.num_users, "items": big.num_items, "interactions": big.report.interactions}
+    figures["epoch_s_ml1m_like"] = epoch_seconds("t2arec", big, 200, 1)
+    figures["train_peak_rss_mb"] = peak_rss_mb()
+    for name, key in (("t2arec", "tta_it_s"), ("t2arec", "no_tta_it_s"), ("sasrec", "sasrec_it_s"),
+                      ("mamba4rec", "mamba4rec_it_s")):
+        extra = slow if name == "t2arec" else []
+        figures[key] = test_it_s(name, big, 200, args.batch_size, args.repeats, key == "tta_it_s", extra)
+    figures["tta_over_no_tta"] = figures["tta_it_s"] / figures["no_tta_it_s"]
+    figures["tta_over_sasrec"] = figures["tta_it_s"] / figures["sasrec_it_s"]
+    figures["flops_per_test_iteration"] = flops_per_iteration("t2arec", big, 200, args.batch_size, True)
+    figures["flops_per_test_iteration_no_tta"] = flops_per_iteration("t2arec", big, 200, args.batch_size, False)
+
+    small = ml100k(args.ml100k)
+    figures["epoch_s_ml100k"] = epoch_seconds("t2arec", small, 50, args.repeats)
+    figures["sasrec_epoch_s_ml100k"] = epoch_seconds("sasrec", small, 50, args.repeats)
+    figures["matmul_gflops"] = matmul_gflops()
+    figures["stream_gb_s"] = stream_gb_s()
+    # the rate if every counted flop ran at the matmul rate and nothing else cost anything
+    figures["tta_floor_it_s"] = figures["matmul_gflops"] * 1e9 / figures["flops_per_test_iteration"]
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""benchmarks/bench.py end to end on tiny data: every figure is there and makes sense."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from t2arec.data.prepare import prepare
+from t2arec.data.synthetic import make_synthetic
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+
+
+def test_the_benchmark_prints_every_figure(tmp_path, monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("bench_script", SCRIPT)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    tiny = prepare(make_synthetic(num_users=40, num_items=30, mean_length=12, seed=0), name="tiny")
+    monkeypatch.setattr(bench, "ml1m_like", lambda: tiny)
+    monkeypatch.setattr(bench, "ml100k", lambda path: tiny)
+    monkeypatch.setattr(bench, "matmul_gflops", lambda: 10.0)  # a 2048 x 2048 product is slow enough to skip
+    monkeypatch.setattr(bench, "stream_gb_s", lambda: 5.0)
+    out = tmp_path / "bench.json"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--repeats", "1", "--batch-size", "16", "--out", str(out)])
+    bench.main()
+    figures = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == figures
+    for key in ("tta_it_s", "no_tta_it_s", "sasrec_it_s", "mamba4rec_it_s", "epoch_s_ml100k", "epoch_s_ml1m_like",
+                "train_peak_rss_mb", "flops_per_test_iteration", "matmul_gflops"):
+        assert figures[key] > 0, key
+    # the step adds a forward and a backward pass to the prediction: more counted work
+    assert figures["flops_per_test_iteration"] > 2 * figures["flops_per_test_iteration_no_tta"]
