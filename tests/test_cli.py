@@ -118,3 +118,18 @@ def test_every_registered_model_runs_through_the_cli(tmp_path, name):
     assert results["model"] == name and 0.0 <= results["test"]["ndcg@10"] <= 1.0
     # only a model with a self-supervised loss is aligned; the others report their plain metrics twice
     assert results["alignment"]["applied"] == (name == "t2arec")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "recommend", "serve"])
+@pytest.mark.parametrize("content", [b'{"not": "a checkpoint"}', b"", b"\x80\x02K\x01."])  # JSON, empty, a pickled int
+def test_a_file_that_is_not_a_checkpoint_gives_one_line_error(tmp_path, command, content):
+    bogus = tmp_path / "model.ckpt"
+    bogus.write_bytes(content)
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text('{"items": [1], "timestamps": [1], "now": 2}\n')
+    extra = {"evaluate": ["--out", str(tmp_path / "ev")], "recommend": ["--input", str(requests)],
+             "serve": ["--port", "0"]}[command]
+    result = CliRunner().invoke(app, [command, "--checkpoint", str(bogus), *extra])
+    assert result.exit_code == 2
+    assert f"{bogus}: not a t2arec checkpoint" in result.output
+    assert "Traceback" not in result.output

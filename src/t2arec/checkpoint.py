@@ -51,7 +51,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         path = path / "checkpoint.pt"
     if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint not found")
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many kinds (UnpicklingError, RuntimeError, EOFError, ...)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path}: not a t2arec checkpoint (torch.load failed: {reason})") from err
+    if not isinstance(payload, dict):
+        raise ValueError(f"{path}: not a t2arec checkpoint (it holds a {type(payload).__name__}, not a dict)")
     if payload.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: unsupported checkpoint format {payload.get('format_version')!r}")
     return payload
