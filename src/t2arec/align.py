@@ -90,9 +90,15 @@ def aligned(model: SequentialRecommender, batch: SeqBatch, cfg: AlignConfig) -> 
                 p.copy_(s)
 
 
+def alignment_runs(model: SequentialRecommender, cfg: AlignConfig | None) -> bool:
+    """Whether ``score_batch`` takes a test-time step: ``cfg`` enables at least one step and the model
+    has a self-supervised loss to take it on."""
+    return cfg is not None and cfg.enabled and cfg.steps > 0 and model.has_alignment_loss
+
+
 def score_batch(model: SequentialRecommender, batch: SeqBatch, cfg: AlignConfig | None) -> tuple[Tensor, AlignStats | None]:
     """Scores (B, num_items) for a batch, after test-time alignment when ``cfg`` enables it."""
-    if cfg is None or not cfg.enabled or cfg.steps == 0 or not model.has_alignment_loss:
+    if not alignment_runs(model, cfg):
         with torch.no_grad():
             return model.score(batch), None
     with aligned(model, batch, cfg) as stats, torch.no_grad():

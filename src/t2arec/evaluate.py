@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from t2arec.align import AlignConfig, score_batch
+from t2arec.align import AlignConfig, alignment_runs, score_batch
 from t2arec.data.batching import Examples
 from t2arec.models.base import SequentialRecommender
 
@@ -94,7 +94,7 @@ def select_alignment_lr(model: SequentialRecommender, valid: Examples, align: Al
     Only the validation split is used, never test. Ties keep the smaller step.
     Returns the chosen step size and one row per candidate (lr, metrics, mean parameter shift).
     """
-    if not align.lr_grid or not model.has_alignment_loss or not align.enabled or align.steps == 0:
+    if not align.lr_grid or not alignment_runs(model, align):
         return align.lr, []
     rows, best_lr, best = [], align.lr, -1.0
     for lr in sorted(align.lr_grid):

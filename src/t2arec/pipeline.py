@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2arec.align import AlignConfig
+from t2arec.align import AlignConfig, alignment_runs
 from t2arec.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from t2arec.config import DataConfig, RunConfig, TrainConfig, validate
 from t2arec.data.batching import Examples, evaluation_examples, training_windows
@@ -71,7 +71,7 @@ def evaluate_split(model: SequentialRecommender, examples: Examples, align: Alig
                    device: torch.device, progress: bool = False) -> Evaluation:
     unaligned = evaluate(model, examples, None, batch_size=align.batch_size, device=device, progress=progress)
     aligned = None
-    if align.enabled and align.steps > 0 and model.has_alignment_loss:
+    if alignment_runs(model, align):
         aligned = evaluate(model, examples, align, batch_size=align.batch_size, device=device, progress=progress)
     return Evaluation(aligned, unaligned, time_segments(examples.target_times, SEGMENTS), examples.target_times)
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from t2arec.align import AlignConfig, score_batch
+from t2arec.align import AlignConfig, alignment_runs, score_batch
 from t2arec.data.batching import evaluation_examples
 from t2arec.evaluate import target_ranks
 from t2arec.experiments.report import markdown_table, new_figure, save_figure
@@ -61,7 +61,7 @@ def throughput(setup: Setup, models: list[str], batch_size: int = 4096, iteratio
         cfg = build_config(setup, Variant(name), setup.seeds[0])
         seed_everything(cfg.seed)
         model = build_model(cfg, data.num_items).to(device)
-        if model.has_alignment_loss and cfg.align.enabled and cfg.align.steps > 0:
+        if alignment_runs(model, cfg.align):
             align = dataclasses.replace(cfg.align, lr_grid=())
             rows[name] = iterations_per_second(model, batch, align, iterations, warmup)
             rows[f"{name} (no TTA)"] = iterations_per_second(model, batch, None, iterations, warmup)

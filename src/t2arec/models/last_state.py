@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from t2arec.models.ssd import final_state
+from t2arec.models.ssd import decay_to_end, final_state
 
 # about 2.5 MB of float32 per (chunk, length, 96) intermediate: several of them fit a 32 MB L3
 CACHE_TOKENS = 6400
@@ -51,13 +51,6 @@ def _convolve(gathered: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return pre
 
 
-def _suffix_decay(delta: Tensor, a: Tensor) -> Tensor:
-    """exp(A sum_{j>i} Delta_j), (b, L): the weight of position i in h_n (as ``ssd.final_state``)."""
-    log_decay = delta * a
-    from_here = torch.flip(torch.cumsum(torch.flip(log_decay, (1,)), dim=1), (1,))
-    return torch.exp(F.pad(from_here[:, 1:], (0, 1)))
-
-
 def _chunk_state(rows: Tensor, padded_items: Tensor, weight: Tensor, bias: Tensor, delta: Tensor, a: Tensor,
                  d: int) -> Tensor:
     """h_n (b, d_s, d) of a few sequences. padded_items: (b, L + k - 1), the first k-1 point at a
@@ -79,7 +72,7 @@ def _chunk_backward(grad_h: Tensor, rows: Tensor, padded_items: Tensor, weight: 
     gathered = _gather(rows, padded_items)
     pre = _convolve(gathered, weight, bias)
     x, b = torch.split(F.silu(pre), [d, pre.shape[-1] - d], dim=-1)
-    decay = _suffix_decay(delta, a)
+    decay = decay_to_end(delta * a)  # the weight of position i in h_n, as in ssd.final_state
     # h = (b * decay)^T (x * delta)
     weighted_b = b * decay[..., None]
     grad_x_delta = weighted_b @ grad_h  # (b, L, d)

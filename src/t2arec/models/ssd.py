@@ -39,15 +39,21 @@ def scan_sequential(x: Tensor, log_decay: Tensor, b: Tensor, c: Tensor) -> tuple
     return torch.stack(outputs, dim=1), state
 
 
+def decay_to_end(log_decay: Tensor) -> Tensor:
+    """exp(sum_{k>i} a_k), (B, L): how much of position i's input is left in h_n.
+
+    The suffix sums are accumulated from the end (no differences of prefix sums, so no cancellation).
+    """
+    from_here = torch.flip(torch.cumsum(torch.flip(log_decay, (1,)), dim=1), (1,))  # sum_{k>=i} a_k
+    return torch.exp(F.pad(from_here[:, 1:], (0, 1)))  # sum_{k>i} a_k, 0 for the last position
+
+
 def final_state(x: Tensor, log_decay: Tensor, b: Tensor) -> Tensor:
     """h_n of the recurrence without computing any y. x: (B, L, d), log_decay: (B, L), b: (B, L, d_s).
 
-    The weight of position i is exp of the sum of the later log decays; those suffix sums are
-    accumulated from the end (no differences of prefix sums, so no cancellation).
+    Position i enters with weight ``decay_to_end(log_decay)[:, i]``.
     """
-    from_here = torch.flip(torch.cumsum(torch.flip(log_decay, (1,)), dim=1), (1,))  # sum_{k>=i} a_k
-    after_here = F.pad(from_here[:, 1:], (0, 1))  # sum_{k>i} a_k, 0 for the last position
-    weighted_b = b * torch.exp(after_here)[..., None]  # (B, L, d_s)
+    weighted_b = b * decay_to_end(log_decay)[..., None]  # (B, L, d_s)
     return weighted_b.transpose(1, 2) @ x  # (B, d_s, d)
 
 

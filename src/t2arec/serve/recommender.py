@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2arec.align import score_batch
+from t2arec.align import alignment_runs, score_batch
 from t2arec.config import RunConfig
 from t2arec.data.batching import prediction_inputs
 from t2arec.data.types import RawId
@@ -176,8 +176,7 @@ class Recommender:
     @property
     def aligns(self) -> bool:
         """Whether ``align=True`` runs a test-time alignment step for this model and config."""
-        a = self.config.align
-        return a.enabled and a.steps > 0 and self.model.has_alignment_loss
+        return alignment_runs(self.model, self.config.align)
 
     def _canonical(self, raw: Any) -> Any:
         """The key an id is looked up by, or None when it cannot be in the vocabulary."""
