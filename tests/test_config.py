@@ -47,8 +47,29 @@ def test_toml_config_file(tmp_path):
 def test_a_model_brings_its_training_defaults_and_overrides_still_win():
     cfg = RunConfig()
     apply_overrides(cfg, ["model_name=sasrec"])
-    assert cfg.train.stride == 10  # RecBole trains SASRec on every prefix
-    apply_overrides(cfg, ["train.stride=0"])
-    assert cfg.train.stride == 0
+    assert cfg.train.stride_fraction == 0.2  # chosen on validation (docs/models.md)
+    assert cfg.train.window_stride(50) == 10 and cfg.train.window_stride(200) == 40
+    apply_overrides(cfg, ["train.stride_fraction=1"])
+    assert cfg.train.window_stride(50) == 50
+    apply_overrides(cfg, ["train.stride=7"])
+    assert cfg.train.window_stride(50) == 7  # an explicit stride wins over the fraction
+    cfg = RunConfig()
     apply_overrides(cfg, ["model_name=sasrec", "model_name=gru4rec"])
-    assert cfg.train.stride == 0  # back to the plain default
+    assert cfg.train.stride_fraction == RunConfig().train.stride_fraction  # back to the plain default
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.stride_fraction=0", "stride_fraction"),
+    ("train.eval_steps=0", "eval_steps"),
+    ("train.window_repeats=0", "window_repeats"),
+])
+def test_bad_training_regime_values_are_refused(override, message):
+    cfg = RunConfig()
+    apply_overrides(cfg, [override])
+    with pytest.raises(ConfigError, match=message):
+        validate(cfg)
+
+
+def test_patience_is_counted_in_steps_and_the_old_epoch_key_is_refused():
+    with pytest.raises(ConfigError, match="unknown config key 'train.patience'"):
+        apply_overrides(RunConfig(), ["train.patience=10"])

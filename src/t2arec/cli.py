@@ -79,11 +79,17 @@ def run(
             cfg.data.columns = parse_mapping(columns)
         apply_overrides(cfg, list(ctx.args))
         validate(cfg)
-        return run_pipeline(cfg, out, progress=not quiet)
+        stride = cfg.train.window_stride(cfg.data.max_len)
+
+        def announce(data: Any) -> None:  # before training starts: a long run shows at once what was read
+            typer.echo(data.report.summary())
+            typer.echo(f"training     {cfg.model_name}, max length {cfg.data.max_len}, {stride} targets per window")
+
+        return run_pipeline(cfg, out, progress=not quiet, on_data=announce)
 
     results = run_guarded(job)
-    typer.echo(DatasetReport(**results["dataset"]).summary())
-    typer.echo(f"best epoch {results['best_epoch']}, training {results['train_seconds']:.1f} s")
+    typer.echo(f"best at step {results['best_step']} (epoch {results['best_epoch']}) of {results['steps']}, "
+               f"{results['training_windows']:,} training windows, training {results['train_seconds']:.1f} s")
     typer.echo(format_table(results))
     typer.echo(f"wrote {out / 'results.json'} and {out / 'checkpoint'}")
 
@@ -337,6 +343,9 @@ def serve(
 
 
 def main() -> None:
+    from t2arec.runtime import keep_freed_memory
+
+    keep_freed_memory()  # long jobs reuse freed memory instead of faulting fresh pages at every step
     app()
 
 

@@ -38,16 +38,29 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
+    """How a model is trained. Every quantity of work is counted in optimiser steps, never in epochs,
+    because an epoch's size depends on the windowing and the dataset (docs/models.md, "Training regime")."""
+
+    epochs: int = 1000  # cap on passes over the training windows (patience normally stops much earlier)
     batch_size: int = 128
-    lr: float = 1e-3
+    lr: float = 1e-3  # constant: no schedule
     weight_decay: float = 0.0
-    patience: int = 10  # evaluations without a better validation NDCG@10 before stopping
+    eval_steps: int = 200  # validate after the epoch in which the step count passes a multiple of this
+    patience_steps: int = 2000  # stop once this many optimiser steps have gone by without a better validation
     mu_time: float = 0.1  # mu1_train
     mu_state: float = 1.0  # mu2_train
-    stride: int = 0  # targets per training window; 0 = max_len (no overlap)
+    # targets per training window: each window holds the max_len interactions before its last target
+    # and trains only its last ``stride`` positions, so every target sees at least max_len - stride
+    # items of context. 0 = round(stride_fraction * max_len); models declare their fraction in the registry
+    stride: int = 0
+    stride_fraction: float = 1.0  # 1.0 = non-overlapping windows
+    window_repeats: int = 1  # passes over every window per epoch (BERT4Rec: fresh Cloze masks each time)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     validate_aligned: bool = False  # early-stop on aligned (True) or unaligned validation NDCG@10
+
+    def window_stride(self, max_len: int) -> int:
+        """Targets per training window for inputs of ``max_len`` items."""
+        return self.stride or min(max_len, max(1, round(self.stride_fraction * max_len)))
 
 
 @dataclass
@@ -184,5 +197,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("data.max_len must be >= 1")
     if cfg.train.stride < 0 or cfg.train.stride > cfg.data.max_len:
         raise ConfigError("train.stride must be in 0..data.max_len")
+    if not 0.0 < cfg.train.stride_fraction <= 1.0:
+        raise ConfigError("train.stride_fraction must be in (0, 1]")
+    if cfg.train.eval_steps < 1 or cfg.train.patience_steps < 0 or cfg.train.window_repeats < 1:
+        raise ConfigError("train.eval_steps and train.window_repeats must be >= 1, train.patience_steps >= 0")
+    if cfg.train.epochs < 1:
+        raise ConfigError("train.epochs must be >= 1")
     if cfg.train.batch_size < 1 or cfg.align.batch_size < 1:
         raise ConfigError("batch sizes must be >= 1")

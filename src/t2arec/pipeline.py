@@ -10,7 +10,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -107,23 +107,38 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     atomic_write(path, lambda handle: handle.write(text))
 
 
-def run(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Train and evaluate one model; write ``out_dir/results.json`` and ``out_dir/checkpoint``."""
+TRAIN_STATE = "train_state.pt"
+
+
+def run(cfg: RunConfig, out_dir: str | Path, progress: bool = True,
+        on_data: Callable[[SequenceData], None] | None = None) -> dict[str, Any]:
+    """Train and evaluate one model; write ``out_dir/results.json`` and ``out_dir/checkpoint``.
+
+    Training resumes from ``out_dir/train_state.pt`` when an earlier call with the same configuration
+    was interrupted; the state is removed once the results are written. ``on_data`` is called with the
+    prepared data before training starts (the CLI prints its summary).
+    """
     validate(cfg)
     device = resolve_device(cfg.device)
     out_dir = Path(out_dir)
     data = load_data(cfg)
+    if on_data is not None:
+        on_data(data)
     max_len = cfg.data.max_len
-    windows = training_windows(data, max_len, cfg.train.stride or None)
+    windows = training_windows(data, max_len, cfg.train.window_stride(max_len))
     valid = evaluation_examples(data, "valid", max_len)
     test = evaluation_examples(data, "test", max_len)
 
     seed_everything(cfg.seed)
     model = build_model(cfg, data.num_items).to(device)
-    trained = train(model, windows, valid, cfg.train, cfg.align, seed=cfg.seed, device=device, progress=progress)
+    fingerprint = json.loads(json.dumps({"config": cfg.to_dict(), "dataset": data.report.to_dict()}, default=str))
+    state_path = out_dir / TRAIN_STATE
+    trained = train(model, windows, valid, cfg.train, cfg.align, seed=cfg.seed, device=device, progress=progress,
+                    state_path=state_path, fingerprint=fingerprint)
     cfg.align.lr, lr_table = select_alignment_lr(model, valid, cfg.align, device)
     valid_ev = evaluate_split(model, valid, cfg.align, device)
-    training = {"best_epoch": trained.best_epoch, "train_seconds": trained.train_seconds,
+    training = {"best_epoch": trained.best_epoch, "best_step": trained.best_step, "steps": trained.steps,
+                "train_seconds": trained.train_seconds,
                 "valid": (valid_ev.aligned or valid_ev.unaligned).metrics, "valid_no_tta": valid_ev.unaligned.metrics}
     save_checkpoint(out_dir / "checkpoint", model, cfg.to_dict(), data.item_ids, data.report.to_dict(), training)
     test_ev = evaluate_split(model, test, cfg.align, device, progress=progress)
@@ -132,12 +147,14 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = True) -> dict[str,
         "dataset": data.report.to_dict(),
         "config": cfg.to_dict(),
         "seed": cfg.seed,
+        "training_windows": len(windows),
         **training,
         **results_block(test_ev, cfg.align),
         "alignment_selection": lr_table,
         "history": trained.history,
     }
     write_json(out_dir / "results.json", results)
+    state_path.unlink(missing_ok=True)
     return results
 
 

@@ -1,37 +1,75 @@
-"""The training loop: shuffled windows, Adam, validation NDCG@10 after each epoch, early stopping.
+"""The training loop: shuffled windows, Adam at a constant learning rate, validation NDCG@10 at
+regular amounts of work, early stopping, and a resumable state written after every epoch.
 
-The best weights are kept in memory; writing them is the caller's job (``pipeline.run``).
+Work is counted in optimiser steps, not epochs: an epoch of non-overlapping windows is about 15 steps
+on a small log of long histories and thousands on a large one, so "10 epochs of patience" would mean
+anything from 150 steps to a day. Validation runs after the epoch in which the step count passes a
+multiple of ``eval_steps`` (so once per epoch when epochs are long), and training stops once
+``patience_steps`` steps have gone by without a better validation NDCG@10.
+
+The best weights are kept in memory and left in the model; writing the final checkpoint is the
+caller's job (``pipeline.run``). With ``state_path``, the whole training state (weights, optimiser,
+random generators, best weights, history) is written atomically after every epoch, and a later call
+with the same path continues from it exactly where it stopped.
 """
 from __future__ import annotations
 
 import copy
+import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from t2arec.align import AlignConfig
+from t2arec.checkpoint import atomic_write
 from t2arec.config import TrainConfig
 from t2arec.data.batching import Examples
 from t2arec.evaluate import evaluate
 from t2arec.models.base import SequentialRecommender
+
+STATE_VERSION = 1
 
 
 @dataclass
 class TrainResult:
     best_epoch: int
     best_valid: dict[str, float]
+    best_step: int = 0
+    steps: int = 0  # optimiser steps taken in all
     history: list[dict[str, float]] = field(default_factory=list)  # one row per epoch
     train_seconds: float = 0.0
 
 
+@dataclass
+class Progress:
+    """Counters that a resumed run picks up again."""
+
+    epoch: int = 0
+    step: int = 0
+    last_eval_step: int = 0
+    best_score: float = -1.0
+    best_step: int = 0
+    best_epoch: int = 0
+    best_valid: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped: bool = False  # patience ran out
+
+
+def steps_per_epoch(windows: Examples, cfg: TrainConfig) -> int:
+    return math.ceil(len(windows) * cfg.window_repeats / cfg.batch_size)
+
+
 def run_epoch(model: SequentialRecommender, windows: Examples, optimizer: torch.optim.Optimizer,
               cfg: TrainConfig, rng: np.random.Generator, device: torch.device | str) -> dict[str, float]:
-    """One pass over all windows in a random order; returns the mean of each loss."""
+    """One pass over all windows (``window_repeats`` times each) in a random order; the mean of each loss."""
     model.train()
-    order = rng.permutation(len(windows))
+    order = rng.permutation(np.tile(np.arange(len(windows)), cfg.window_repeats))
     sums: dict[str, float] = {}
     batches = 0
     for begin in range(0, len(order), cfg.batch_size):
@@ -48,34 +86,82 @@ def run_epoch(model: SequentialRecommender, windows: Examples, optimizer: torch.
     return {name: total / max(batches, 1) for name, total in sums.items()}
 
 
+def _save_state(path: Path, model: SequentialRecommender, optimizer: torch.optim.Optimizer,
+                best_state: dict[str, Any], rng: np.random.Generator, progress: Progress,
+                fingerprint: dict[str, Any]) -> None:
+    payload = {
+        "version": STATE_VERSION,
+        "fingerprint": fingerprint,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "best_model": best_state,
+        "numpy_rng": rng.bit_generator.state,
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "progress": asdict(progress),
+    }
+    atomic_write(path, lambda handle: torch.save(payload, handle))
+
+
+def _load_state(path: Path, model: SequentialRecommender, optimizer: torch.optim.Optimizer,
+                rng: np.random.Generator, fingerprint: dict[str, Any]) -> tuple[dict[str, Any], Progress]:
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if payload.get("version") != STATE_VERSION or payload.get("fingerprint") != fingerprint:
+        raise ValueError(f"{path}: this training state belongs to another run (configuration or data differ); "
+                         "remove it or choose another output folder")
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    rng.bit_generator.state = payload["numpy_rng"]
+    torch.set_rng_state(payload["torch_rng"])
+    if payload["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(payload["cuda_rng"])
+    return payload["best_model"], Progress(**payload["progress"])
+
+
 def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg: TrainConfig,
-          align: AlignConfig, seed: int, device: torch.device | str = "cpu",
-          progress: bool = True) -> TrainResult:
-    """Train until ``cfg.epochs`` or ``cfg.patience`` epochs without a better validation NDCG@10;
-    leave the best weights in ``model``."""
+          align: AlignConfig, seed: int, device: torch.device | str = "cpu", progress: bool = True,
+          state_path: str | Path | None = None, fingerprint: dict[str, Any] | None = None) -> TrainResult:
+    """Train until ``cfg.epochs`` or until ``cfg.patience_steps`` steps bring no better validation
+    NDCG@10; leave the best weights in ``model``.
+
+    ``state_path``: where to keep the resumable training state (continued from when it exists);
+    ``fingerprint``: what identifies the run (its configuration), checked before resuming.
+    """
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    result = TrainResult(best_epoch=0, best_valid={})
-    best_score, best_state, waited = -1.0, copy.deepcopy(model.state_dict()), 0
-    start = time.perf_counter()
-    bar = tqdm(range(1, cfg.epochs + 1), desc="train", disable=not progress, unit="epoch")
+    fingerprint = fingerprint or {}
+    state_path = Path(state_path) if state_path is not None else None
+    if state_path is not None and state_path.exists():
+        best_state, done = _load_state(state_path, model, optimizer, rng, fingerprint)
+    else:
+        best_state, done = copy.deepcopy(model.state_dict()), Progress()
+    per_epoch = steps_per_epoch(windows, cfg)
+    bar = tqdm(range(done.epoch + 1, cfg.epochs + 1), desc="train", disable=not progress, unit="epoch",
+               initial=done.epoch, total=cfg.epochs)
     for epoch in bar:
+        if done.stopped:
+            break
         epoch_start = time.perf_counter()
         losses = run_epoch(model, windows, optimizer, cfg, rng, device)
-        valid_align = align if cfg.validate_aligned else None
-        metrics = evaluate(model, valid, valid_align, batch_size=align.batch_size, device=device).metrics
-        row = {"epoch": epoch, **{f"loss_{k}": v for k, v in losses.items()},
-               **{f"valid_{k}": v for k, v in metrics.items()}, "seconds": time.perf_counter() - epoch_start}
-        result.history.append(row)
-        score = metrics["ndcg@10"]
-        if score > best_score:
-            best_score, best_state, waited = score, copy.deepcopy(model.state_dict()), 0
-            result.best_epoch, result.best_valid = epoch, metrics
-        else:
-            waited += 1
-        bar.set_postfix(loss=f"{losses['total']:.4f}", ndcg=f"{score:.4f}", best=f"{best_score:.4f}@{result.best_epoch}")
-        if waited >= cfg.patience:
-            break
+        done.epoch, done.step = epoch, done.step + per_epoch
+        row = {"epoch": epoch, "step": done.step, **{f"loss_{k}": v for k, v in losses.items()}}
+        if done.step // cfg.eval_steps > done.last_eval_step // cfg.eval_steps or epoch == cfg.epochs:
+            valid_align = align if cfg.validate_aligned else None
+            metrics = evaluate(model, valid, valid_align, batch_size=align.batch_size, device=device).metrics
+            row.update({f"valid_{k}": v for k, v in metrics.items()})
+            done.last_eval_step = done.step
+            if metrics["ndcg@10"] > done.best_score:
+                best_state = copy.deepcopy(model.state_dict())
+                done.best_score, done.best_step, done.best_epoch = metrics["ndcg@10"], done.step, epoch
+                done.best_valid = metrics
+            done.stopped = done.step - done.best_step >= cfg.patience_steps
+        row["seconds"] = time.perf_counter() - epoch_start
+        done.history.append(row)
+        done.seconds += row["seconds"]
+        bar.set_postfix(step=done.step, loss=f"{losses['total']:.4f}",
+                        best=f"{max(done.best_score, 0):.4f}@{done.best_step}")
+        if state_path is not None:
+            _save_state(state_path, model, optimizer, best_state, rng, done, fingerprint)
     model.load_state_dict(best_state)
-    result.train_seconds = time.perf_counter() - start
-    return result
+    return TrainResult(best_epoch=done.best_epoch, best_valid=done.best_valid, best_step=done.best_step,
+                       steps=done.step, history=done.history, train_seconds=done.seconds)

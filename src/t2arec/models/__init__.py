@@ -28,16 +28,15 @@ class ModelSpec:
     # (model config with num_items set, the whole run config) -> model; the run config supplies what a
     # model takes from other sections (T2ARec's training loss weights, the input length)
     build: Callable[[Any, "RunConfig"], SequentialRecommender]
-    # [train] defaults this model's reference implementation implies, applied when the model is chosen
-    # (an explicit override still wins): SASRec trains every prefix in RecBole, so each target sees a
-    # full window; overlapping windows with 10 targets each come close (docs/models.md)
+    # [train] defaults chosen for this model on the validation split (docs/models.md, "Training regime"),
+    # applied when the model is chosen; an explicit override still wins
     train_defaults: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 REGISTRY: dict[str, ModelSpec] = {
     "t2arec": ModelSpec(T2ARecConfig, lambda m, run: T2ARec(m, mu_time=run.train.mu_time, mu_state=run.train.mu_state)),
     "sasrec": ModelSpec(SASRecConfig, lambda m, run: SASRec(dataclasses.replace(m, max_len=run.data.max_len)),
-                        train_defaults={"stride": 10}),
+                        train_defaults={"stride_fraction": 0.2}),
     "gru4rec": ModelSpec(GRU4RecConfig, lambda m, run: GRU4Rec(m)),
     "caser": ModelSpec(CaserConfig, lambda m, run: Caser(dataclasses.replace(m, window=min(m.window, run.data.max_len)))),
     "bert4rec": ModelSpec(BERT4RecConfig,

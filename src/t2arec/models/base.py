@@ -4,8 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+
+from t2arec.models.losses import full_cross_entropy
 
 
 @dataclass
@@ -95,7 +96,7 @@ class NextItemModel(SequentialRecommender):
     def training_losses(self, batch: SeqBatch) -> dict[str, Tensor]:
         hidden = self.encode(batch.items)
         has_target = batch.targets > 0
-        rec = F.cross_entropy(self.item_scores(hidden[has_target]), batch.targets[has_target] - 1)
+        rec = full_cross_entropy(hidden[has_target], self.item_embedding.weight[1:], batch.targets[has_target] - 1)
         return {"rec": rec, "total": rec}
 
     def score(self, batch: SeqBatch) -> Tensor:

@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from t2arec.models.base import SeqBatch, SequentialRecommender, init_normal_
 from t2arec.models.layers import TransformerLayer
+from t2arec.models.losses import full_cross_entropy
 
 
 @dataclass
@@ -126,7 +127,8 @@ class BERT4Rec(SequentialRecommender):
         sequence = self.fit_length(torch.cat([batch.items, batch.targets[:, -1:]], dim=1))
         hidden = self.cloze_mask(sequence)
         o = self.encode(sequence.masked_fill(hidden, self.mask_token))
-        rec = F.cross_entropy(self.item_scores(o[hidden]), sequence[hidden] - 1)
+        rec = full_cross_entropy(o[hidden], self.item_embedding.weight[1 : self.cfg.num_items + 1],
+                                 sequence[hidden] - 1, bias=self.output_bias)
         return {"rec": rec, "total": rec}
 
     def score(self, batch: SeqBatch) -> Tensor:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from t2arec.models.base import SeqBatch, SequentialRecommender
+from t2arec.models.losses import full_cross_entropy
 
 
 @dataclass
@@ -131,7 +132,7 @@ class Caser(SequentialRecommender):
         """Cross-entropy over all items at every position with a target (each with its own window)."""
         out = self.encode(batch.items)
         has_target = batch.targets > 0
-        rec = F.cross_entropy(self.item_scores(out[has_target]), batch.targets[has_target] - 1)
+        rec = full_cross_entropy(out[has_target], self.item_embedding.weight[1:], batch.targets[has_target] - 1)
         reg = self.reg_loss()
         return {"rec": rec, "reg": reg, "total": rec + reg}
 

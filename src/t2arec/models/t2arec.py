@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from t2arec.models.base import SeqBatch, SequentialRecommender, init_normal_
 from t2arec.models.last_state import final_state_from_rows
 from t2arec.models.layers import FeedForward
+from t2arec.models.losses import full_cross_entropy
 from t2arec.models.ssd import final_state, scan_chunked, scan_sequential
 from t2arec.models.ssd_kernels import kernel_available, scan_kernel
 
@@ -393,8 +394,7 @@ class T2ARec(SequentialRecommender):
         """All positions are trained in one causal pass; L_time and L_state at the window's end."""
         o, trace = self.encode(batch.items)
         has_target = batch.targets > 0
-        logits = self.item_scores(o[has_target])  # (T, num_items)
-        rec = F.cross_entropy(logits, batch.targets[has_target] - 1)
+        rec = full_cross_entropy(o[has_target], self.item_embedding.weight[1:], batch.targets[has_target] - 1)
         total = rec
         losses = {"rec": rec}
         if self.mu_time or self.mu_state:

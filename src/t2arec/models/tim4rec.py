@@ -65,6 +65,7 @@ from torch import Tensor, nn
 
 from t2arec.models.base import NextItemModel, SeqBatch, init_normal_
 from t2arec.models.layers import FeedForward
+from t2arec.models.losses import full_cross_entropy
 from t2arec.models.ssd import scan_chunked, scan_sequential
 
 
@@ -273,7 +274,7 @@ class TiM4Rec(NextItemModel):
     def training_losses(self, batch: SeqBatch) -> dict[str, Tensor]:
         hidden = self.encode(batch.items, batch.gaps)
         has_target = batch.targets > 0
-        rec = F.cross_entropy(self.item_scores(hidden[has_target]), batch.targets[has_target] - 1)
+        rec = full_cross_entropy(hidden[has_target], self.item_embedding.weight[1:], batch.targets[has_target] - 1)
         return {"rec": rec, "total": rec}
 
     def score(self, batch: SeqBatch) -> Tensor:

@@ -1,0 +1,120 @@
+"""The training regime study (issue 10): which stride (targets per window), and how much patience,
+each model should train with, judged on the validation split only.
+
+    python benchmarks/regime.py --data ../shared/data/ml-100k.inter --max-len 50 \
+        --models t2arec sasrec --fractions 1 0.2 --seeds 2026 1 --out experiments/regime/ml-100k
+
+Every (model, stride fraction, seed) is one ``t2arec run`` with a long patience (``--patience-steps``)
+and frequent validation (``--eval-steps``), kept in ``--out/runs`` and reused when the script runs
+again. From each run's validation curve the script also replays shorter patiences: where would
+training have stopped, and how much of the best validation NDCG@10 would it have kept? It prints
+both tables and writes them to ``--out/regime.md`` (test figures are shown for information only;
+no choice reads them). ``--subsample-users N`` first writes a copy of the data with N randomly
+chosen users (a small log of long histories) into ``--out/data/``, outside the repository's data.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from t2arec.data.readers import read_interactions
+from t2arec.experiments import Setup
+from t2arec.experiments.report import markdown_table
+from t2arec.experiments.store import Variant, ensure_runs, write_text
+from t2arec.runtime import keep_freed_memory
+
+
+def subsample(path: Path, users: int, seed: int, out: Path) -> Path:
+    """A RecBole atomic copy of ``path`` with ``users`` users drawn at random (all their interactions)."""
+    target = out / "data" / f"{path.stem}-{users}users-seed{seed}.inter"
+    if target.exists():
+        return target
+    frame = read_interactions(path).frame
+    chosen = np.random.default_rng(seed).permutation(frame["user"].unique().sort().to_numpy())[:users]
+    kept = frame.filter(pl.col("user").is_in(chosen.tolist()))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["user_id:token\titem_id:token\ttimestamp:float"]
+    lines += [f"{u}\t{i}\t{t:.0f}" for u, i, t in kept.iter_rows()]
+    write_text(target, "\n".join(lines) + "\n")
+    return target
+
+
+def replay(history: list[dict[str, Any]], patience: int) -> tuple[float, int, int]:
+    """(best validation NDCG@10, its step, the step training stops at) had the patience been ``patience``."""
+    best, best_step, stop = -1.0, 0, 0
+    for row in history:
+        if "valid_ndcg@10" not in row:
+            continue
+        stop = row["step"]
+        if row["valid_ndcg@10"] > best:
+            best, best_step = row["valid_ndcg@10"], row["step"]
+        if row["step"] - best_step >= patience:
+            break
+    return best, best_step, stop
+
+
+def fmt(values: list[float], digits: int = 4) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--max-len", type=int, default=50)
+    parser.add_argument("--models", nargs="+", default=["t2arec", "sasrec"])
+    parser.add_argument("--fractions", type=float, nargs="+", default=[1.0, 0.2],
+                        help="train.stride_fraction values (targets per window / max length)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 1])
+    parser.add_argument("--eval-steps", type=int, default=100)
+    parser.add_argument("--patience-steps", type=int, default=5000)
+    parser.add_argument("--patience-grid", type=int, nargs="+", default=[500, 1000, 2000, 3000, 5000])
+    parser.add_argument("--subsample-users", type=int, default=0)
+    parser.add_argument("--overrides", nargs="*", default=[], help="more section.key=value for every run")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args()
+    keep_freed_memory()
+
+    data = subsample(args.data, args.subsample_users, 0, args.out) if args.subsample_users else args.data
+    overrides = [f"data.path={data}", f"data.max_len={args.max_len}", f"train.eval_steps={args.eval_steps}",
+                 f"train.patience_steps={args.patience_steps}", *args.overrides]
+    setup = Setup(out=args.out, overrides=overrides, seeds=args.seeds, progress=not args.quiet)
+    variants = [Variant(m, (f"train.stride_fraction={f:g}",)) for m in args.models for f in args.fractions]
+    runs = ensure_runs(setup, variants, "regime")
+
+    rows, replays = [], []
+    for variant in variants:
+        per_seed = [runs[(variant, s)] for s in args.seeds]
+        rows.append([variant.model, variant.overrides[0].partition("=")[2],
+                     f"{per_seed[0]['training_windows']:,}",
+                     fmt([r["valid_no_tta"]["ndcg@10"] for r in per_seed]),
+                     fmt([r["test_no_tta"]["ndcg@10"] for r in per_seed]),
+                     fmt([r["best_step"] for r in per_seed], 0), fmt([r["steps"] for r in per_seed], 0),
+                     fmt([r["train_seconds"] for r in per_seed], 0)])
+        for patience in args.patience_grid:
+            kept = [replay(r["history"], patience) for r in per_seed]
+            lost = [r["valid_no_tta"]["ndcg@10"] - k[0] for r, k in zip(per_seed, kept)]
+            replays.append([variant.label, str(patience), fmt(lost), fmt([k[2] for k in kept], 0)])
+    command = "python benchmarks/regime.py " + shlex.join(sys.argv[1:])
+    text = (f"### Training regime on `{data.name}` (max length {args.max_len})\n\n```bash\n{command}\n```\n\n"
+            f"Validation every {args.eval_steps} steps, patience {args.patience_steps} steps; NDCG@10 without "
+            f"test-time alignment, mean ± std over seeds {', '.join(map(str, args.seeds))}.\n\n"
+            + markdown_table(["model", "stride fraction", "windows", "valid NDCG@10", "test NDCG@10",
+                              "best step", "steps", "train s"], rows)
+            + "\n\nShorter patience replayed on the same validation curves: validation NDCG@10 lost against "
+              "the full run, and the step where training would have stopped.\n\n"
+            + markdown_table(["run", "patience (steps)", "valid NDCG@10 lost", "stops at step"], replays) + "\n")
+    write_text(args.out / "regime.md", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

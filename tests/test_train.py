@@ -1,0 +1,136 @@
+"""The training loop: work counted in steps, early stopping, window repeats, exact resumption."""
+import numpy as np
+import pytest
+import torch
+
+import t2arec.train as train_module
+from t2arec.align import AlignConfig
+from t2arec.config import RunConfig, TrainConfig, apply_overrides
+from t2arec.data.batching import evaluation_examples, training_windows
+from t2arec.data.prepare import prepare
+from t2arec.data.synthetic import make_synthetic
+from t2arec.models import build_model
+from t2arec.train import steps_per_epoch, train
+
+
+@pytest.fixture(scope="module")
+def data():
+    return prepare(make_synthetic(num_users=60, num_items=40, seed=3), name="tiny")
+
+
+def setup_model(data, name="gru4rec", **train_overrides):
+    cfg = RunConfig()
+    apply_overrides(cfg, [f"model_name={name}", "data.max_len=10",
+                          *(f"train.{k}={v}" for k, v in train_overrides.items())])
+    torch.manual_seed(0)
+    model = build_model(cfg, data.num_items)
+    windows = training_windows(data, 10, cfg.train.window_stride(10))
+    return model, windows, evaluation_examples(data, "valid", 10), cfg
+
+
+def fake_scores(monkeypatch, scores):
+    """Validation NDCG@10 values returned in turn, instead of evaluating."""
+    values = iter(scores)
+
+    class Result:
+        def __init__(self):
+            self.metrics = {"ndcg@10": next(values)}
+
+    monkeypatch.setattr(train_module, "evaluate", lambda *args, **kwargs: Result())
+
+
+def test_validation_follows_steps_not_epochs(data, monkeypatch):
+    model, windows, valid, cfg = setup_model(data, epochs=12, batch_size=64, eval_steps=7, patience_steps=1000)
+    per_epoch = steps_per_epoch(windows, cfg.train)
+    assert 1 < per_epoch < 7  # validations several epochs apart, not on a fixed epoch grid
+    fake_scores(monkeypatch, [0.1 * i for i in range(1, 100)])
+    result = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)
+    validated = [row["step"] for row in result.history if "valid_ndcg@10" in row]
+    steps = [row["step"] for row in result.history]
+    assert steps == [per_epoch * e for e in range(1, 13)]
+    # after the epoch in which the count passes each multiple of 7, and after the last epoch
+    expected = [s for prev, s in zip([0, *steps], steps) if s // 7 > prev // 7]
+    expected += [] if steps[-1] in expected else [steps[-1]]
+    assert validated == expected
+    assert result.best_step == steps[-1] and result.steps == steps[-1]
+
+
+def test_patience_counts_steps_since_the_best_validation(data, monkeypatch):
+    model, windows, valid, cfg = setup_model(data, epochs=100, batch_size=64, eval_steps=1, patience_steps=7)
+    per_epoch = steps_per_epoch(windows, cfg.train)
+    fake_scores(monkeypatch, [0.5, 0.6, 0.4] + [0.1] * 100)  # best at the 2nd validation, then worse
+    result = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)
+    assert result.best_step == 2 * per_epoch
+    assert result.steps - result.best_step >= 7 > result.steps - per_epoch - result.best_step
+    assert result.best_valid == {"ndcg@10": 0.6}
+
+
+def test_window_repeats_show_every_window_that_many_times_per_epoch(data):
+    model, windows, _, cfg = setup_model(data, window_repeats=3, batch_size=7)
+    seen = []
+
+    class Recorder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_losses(self, batch):
+            seen.extend(batch.items[:, -1].tolist())
+            return {"total": self.w.sum()}
+
+    recorder = Recorder()
+    optimizer = torch.optim.Adam(recorder.parameters())
+    train_module.run_epoch(recorder, windows, optimizer, cfg.train, np.random.default_rng(0), "cpu")
+    assert sorted(seen) == sorted(windows.items[:, -1].tolist() * 3)
+    assert steps_per_epoch(windows, cfg.train) == -(-3 * len(windows) // 7)
+
+
+@pytest.mark.parametrize("name", ["t2arec", "bert4rec"])  # dropout and Cloze masks both draw random numbers
+def test_an_interrupted_run_resumes_exactly(data, tmp_path, monkeypatch, name):
+    def fresh():
+        return setup_model(data, name, epochs=5, batch_size=32, eval_steps=3, patience_steps=1000)
+
+    model, windows, valid, cfg = fresh()
+    straight = train(model, windows, valid, cfg.train, AlignConfig(), seed=4, progress=False)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+
+    real_epoch, calls = train_module.run_epoch, []
+
+    def crash_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    state = tmp_path / "train_state.pt"
+    model, windows, valid, cfg = fresh()
+    monkeypatch.setattr(train_module, "run_epoch", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, windows, valid, cfg.train, AlignConfig(), seed=4, progress=False, state_path=state,
+              fingerprint={"run": 1})
+    monkeypatch.setattr(train_module, "run_epoch", real_epoch)
+    torch.manual_seed(123)  # the global generator is restored from the state, whatever it is now
+    model, windows, valid, cfg = fresh()
+    resumed = train(model, windows, valid, cfg.train, AlignConfig(), seed=4, progress=False, state_path=state,
+                    fingerprint={"run": 1})
+    assert [r["epoch"] for r in resumed.history] == [1, 2, 3, 4, 5]
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in straight.history]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history] == strip
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_a_state_from_another_run_is_refused(data, tmp_path):
+    model, windows, valid, cfg = setup_model(data, epochs=1)
+    state = tmp_path / "train_state.pt"
+    train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False, state_path=state,
+          fingerprint={"lr": 1})
+    model, windows, valid, cfg = setup_model(data, epochs=2)
+    with pytest.raises(ValueError, match="another run"):
+        train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False, state_path=state,
+              fingerprint={"lr": 2})
+
+
+def test_train_config_defaults_count_work_in_steps():
+    cfg = TrainConfig()
+    assert cfg.eval_steps > 0 and cfg.patience_steps >= cfg.eval_steps and cfg.epochs >= 200
