@@ -1,17 +1,21 @@
-"""Performance figures of t2arec as one JSON object (issue 4): training seconds per epoch, test-time
-iterations per second at batch 4096, peak memory, and the work per test iteration against the
-machine's measured matmul rate.
+"""Performance figures of t2arec as one JSON object (issues 4 and 10): training seconds per epoch,
+test-time iterations per second at batch 4096, peak memory, and the work per test iteration against
+the machine's measured matmul rate.
 
     python benchmarks/bench.py --out docs/bench.json
 
-Datasets: ML-100K from ``--ml100k`` (max length 50) and a synthetic set shaped like ML-1M (6,040 users,
-3,706 items, about 1M interactions, max length 200). Every timing is the median of ``--repeats``
-runs after a warm-up. Peak memory is the process's peak resident set right after the ML-1M-shaped
-training epochs, which run first (nothing larger has run before them).
+Datasets: ML-100K from ``--ml100k`` (max length 50), MovieLens-1M from ``--ml1m`` (max length 200)
+and a synthetic set shaped like ML-1M (6,040 users, 3,706 items, about 1M interactions, max length
+200). ``epoch_s_ml1m`` is, for every model, the seconds of one pass over all of ML-1M's training
+targets (one epoch of non-overlapping windows, batch 128) after a warm-up of a few steps.
+Every other timing is the median of ``--repeats`` runs after a warm-up. Peak memory is the
+process's peak resident set right after the ML-1M-shaped T2ARec training epochs, which run first
+(nothing larger has run before them).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import resource
@@ -33,8 +37,9 @@ from t2arec.data.synthetic import make_synthetic
 from t2arec.data.types import SequenceData
 from t2arec.evaluate import target_ranks
 from t2arec.experiments.throughput import full_batch
-from t2arec.models import build_model
+from t2arec.models import MODEL_NAMES, build_model
 from t2arec.models.base import SeqBatch, SequentialRecommender
+from t2arec.runtime import keep_freed_memory
 from t2arec.train import run_epoch
 
 
@@ -71,6 +76,10 @@ def ml100k(path: str) -> SequenceData:
     return prepare(read_interactions(path), name="ml-100k")
 
 
+def ml1m(path: str) -> SequenceData:
+    return prepare(read_interactions(path), name="ml-1m")
+
+
 def make_model(name: str, data: SequenceData, max_len: int, overrides: list[str] = ()) -> tuple[SequentialRecommender, RunConfig]:
     cfg = RunConfig()
     apply_overrides(cfg, [f"model_name={name}", f"data.max_len={max_len}", *overrides])
@@ -80,10 +89,24 @@ def make_model(name: str, data: SequenceData, max_len: int, overrides: list[str]
 
 def epoch_seconds(name: str, data: SequenceData, max_len: int, repeats: int) -> float:
     model, cfg = make_model(name, data, max_len)
-    windows = training_windows(data, max_len, cfg.train.stride or None)
+    windows = training_windows(data, max_len, cfg.train.window_stride(max_len))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
     rng = np.random.default_rng(0)
     return median_seconds(lambda: run_epoch(model, windows, optimizer, cfg.train, rng, "cpu"), repeats)
+
+
+def target_pass_seconds(name: str, data: SequenceData, max_len: int, warmup_steps: int = 3) -> float:
+    """One pass over every training target in non-overlapping windows (one window per max_len
+    targets, each window once), after ``warmup_steps`` untimed steps."""
+    model, cfg = make_model(name, data, max_len, ["train.stride=0", "train.stride_fraction=1", "train.window_repeats=1"])
+    windows = training_windows(data, max_len, max_len)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    warm = dataclasses.replace(windows, **{f: getattr(windows, f)[: warmup_steps * cfg.train.batch_size]
+                                          for f in ("items", "gaps", "next_gap", "targets", "users", "target_times")})
+    run_epoch(model, warm, optimizer, cfg.train, np.random.default_rng(0), "cpu")
+    start = time.perf_counter()
+    run_epoch(model, windows, optimizer, cfg.train, np.random.default_rng(0), "cpu")
+    return time.perf_counter() - start
 
 
 def test_iteration(model: SequentialRecommender, batch: SeqBatch, align) -> None:  # noqa: ANN001
@@ -131,12 +154,16 @@ def peak_rss_mb() -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ml100k", default="../shared/data/ml-100k.inter")
+    parser.add_argument("--ml1m", default="../shared/data/ml-1m.inter")
+    parser.add_argument("--epoch-models", nargs="*", default=list(MODEL_NAMES),
+                        help="models whose pass over ML-1M's training targets is timed (epoch_s_ml1m)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per figure (median)")
     parser.add_argument("--batch-size", type=int, default=4096)
     parser.add_argument("--slow", action="store_true", help="T2ARec without its inference shortcuts (before/after)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
+    keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     slow = ["model.fast_inference=false", "model.use_item_table=false"] if args.slow else []
@@ -157,6 +184,9 @@ def main() -> None:
     figures["flops_per_test_iteration"] = flops_per_iteration("t2arec", big, 200, args.batch_size, True)
     figures["flops_per_test_iteration_no_tta"] = flops_per_iteration("t2arec", big, 200, args.batch_size, False)
 
+    if args.epoch_models:
+        movielens = ml1m(args.ml1m)
+        figures["epoch_s_ml1m"] = {name: target_pass_seconds(name, movielens, 200) for name in args.epoch_models}
     small = ml100k(args.ml100k)
     figures["epoch_s_ml100k"] = epoch_seconds("t2arec", small, 50, args.repeats)
     figures["sasrec_epoch_s_ml100k"] = epoch_seconds("sasrec", small, 50, args.repeats)

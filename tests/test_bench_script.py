@@ -6,6 +6,7 @@ from pathlib import Path
 
 from t2arec.data.prepare import prepare
 from t2arec.data.synthetic import make_synthetic
+from t2arec.models import MODEL_NAMES
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
@@ -17,6 +18,7 @@ def test_the_benchmark_prints_every_figure(tmp_path, monkeypatch, capsys):
     tiny = prepare(make_synthetic(num_users=40, num_items=30, mean_length=12, seed=0), name="tiny")
     monkeypatch.setattr(bench, "ml1m_like", lambda: tiny)
     monkeypatch.setattr(bench, "ml100k", lambda path: tiny)
+    monkeypatch.setattr(bench, "ml1m", lambda path: tiny)
     monkeypatch.setattr(bench, "matmul_gflops", lambda: 10.0)  # a 2048 x 2048 product is slow enough to skip
     monkeypatch.setattr(bench, "stream_gb_s", lambda: 5.0)
     out = tmp_path / "bench.json"
@@ -27,5 +29,7 @@ def test_the_benchmark_prints_every_figure(tmp_path, monkeypatch, capsys):
     for key in ("tta_it_s", "no_tta_it_s", "sasrec_it_s", "mamba4rec_it_s", "epoch_s_ml100k", "epoch_s_ml1m_like",
                 "train_peak_rss_mb", "flops_per_test_iteration", "matmul_gflops"):
         assert figures[key] > 0, key
+    assert set(figures["epoch_s_ml1m"]) == set(MODEL_NAMES)  # every model's pass over the training targets
+    assert all(seconds > 0 for seconds in figures["epoch_s_ml1m"].values())
     # the step adds a forward and a backward pass to the prediction: more counted work
     assert figures["flops_per_test_iteration"] > 2 * figures["flops_per_test_iteration_no_tta"]
