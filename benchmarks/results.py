@@ -1,11 +1,15 @@
-"""Generate docs/results.md: Tables 2-4 and Figures 2/5-7 on ML-100K and on the synthetic
-interest-shift dataset without and with shift, by calling the experiment commands' functions.
+"""Generate docs/results.md: Tables 2-4 and Figures 2/5-7 on ML-100K, the synthetic interest-shift
+dataset without and with shift, MovieLens-1M and Amazon Prime Pantry, by calling the experiment
+commands' functions.
 
-    python benchmarks/results.py --out runs/results --docs docs
+    python benchmarks/results.py --datasets ml-100k --out runs/results --docs docs
+    python benchmarks/results.py --datasets ml-1m --out experiments/results --steps compare segments ablate throughput
 
-Runs already finished in ``--out`` are reused, so an interrupted generation resumes; the tables and
-plots are copied into ``docs/results/<dataset>/`` and assembled into ``docs/results.md``, followed by
-``benchmarks/results_reading.md`` (the written reading of these numbers) when it exists.
+Runs already finished in ``--out`` are reused, so an interrupted generation resumes. Each dataset's
+tables and plots are copied into ``docs/results/<dataset>/`` with the command that made them
+(``command.txt``), and, where the paper reports the dataset, set beside the paper's numbers
+(``paper.md``). ``docs/results.md`` is then assembled from every dataset folder present, each section
+under its own command, followed by ``benchmarks/results_reading.md`` (the written reading).
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import shlex
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +28,7 @@ import torch
 from t2arec.experiments import Setup, ablate, compare, segments, sweep, throughput
 from t2arec.experiments.report import markdown_table
 from t2arec.experiments.store import Variant, run_dir, write_text
+from t2arec.runtime import keep_freed_memory
 
 DATASETS = {
     "ml-100k": ("ML-100K (`../shared/data/ml-100k.inter`, max length 50)",
@@ -31,12 +37,37 @@ DATASETS = {
                          ["data.synthetic_shift=0", "data.max_len=50"]),
     "synthetic-shift1": ("Synthetic, strong interest shift (`data.synthetic_shift=1`, 1,000 users, 600 items)",
                          ["data.synthetic_shift=1", "data.max_len=50"]),
+    "ml-1m": ("MovieLens-1M (`../shared/data/ml-1m.inter`, max length 200), the paper's first dataset",
+              ["data.path=../shared/data/ml-1m.inter", "data.max_len=200"]),
+    "amazon-pantry": ("Amazon Prime Pantry 2018 (`../shared/data/amazon-pantry-2018.inter`, **5-core**: "
+                      "`data.min_count=5`, max length 50), close to the paper's \"Amazon\" but not its split",
+                      ["data.path=../shared/data/amazon-pantry-2018.inter", "data.max_len=50", "data.min_count=5"]),
 }
+# The paper's Table 2 (Recall@10, MRR@10, NDCG@10), Table 3 (same metrics, ablation rows in
+# experiments.ablate's order) and Table 4 (test-time iterations per second at batch 4096, on a GPU).
+PAPER_TABLE2 = {
+    "ml-1m": {"caser": (0.1954, 0.0703, 0.0994), "gru4rec": (0.2732, 0.1147, 0.1518),
+              "bert4rec": (0.2770, 0.1093, 0.1482), "sasrec": (0.2471, 0.0911, 0.1273),
+              "mamba4rec": (0.2813, 0.1201, 0.1578), "tim4rec": (0.2873, 0.1211, 0.1596),
+              "ttt4rec": (0.2887, 0.1208, 0.1599), "t2arec": (0.2932, 0.1262, 0.1648)},
+    "amazon-pantry": {"caser": (0.0594, 0.0204, 0.0294), "gru4rec": (0.0939, 0.0480, 0.0586),
+                      "bert4rec": (0.0675, 0.0372, 0.0443), "sasrec": (0.1025, 0.0527, 0.0644),
+                      "mamba4rec": (0.1003, 0.0522, 0.0635), "tim4rec": (0.1016, 0.0567, 0.0665),
+                      "ttt4rec": (0.1020, 0.0560, 0.0655), "t2arec": (0.1102, 0.0580, 0.0705)},
+}
+PAPER_TABLE3 = {
+    "ml-1m": [(0.2932, 0.1262, 0.1648), (0.2813, 0.1207, 0.1578), (0.2891, 0.1225, 0.1618), (0.2876, 0.1214, 0.1590),
+              (0.2899, 0.1239, 0.1626), (0.2912, 0.1252, 0.1645), (0.2921, 0.1241, 0.1635)],
+    "amazon-pantry": [(0.1102, 0.0580, 0.0705), (0.1003, 0.0522, 0.0635), (0.1026, 0.0531, 0.0649),
+                      (0.1010, 0.0545, 0.0652), (0.1033, 0.0568, 0.0677), (0.1095, 0.0570, 0.0690),
+                      (0.1067, 0.0558, 0.0686)],
+}
+PAPER_TABLE4 = {"ml-1m": {"sasrec": 1.56, "mamba4rec": 2.82, "tim4rec": 2.16, "ttt4rec": 0.96, "t2arec": 1.02},
+                "amazon-pantry": {"sasrec": 2.26, "mamba4rec": 3.11, "tim4rec": 2.64, "ttt4rec": 1.74, "t2arec": 2.05}}
 ALL_MODELS = ["caser", "gru4rec", "bert4rec", "sasrec", "mamba4rec", "tim4rec", "ttt4rec", "t2arec"]
 SEGMENT_MODELS = ["sasrec", "tim4rec", "ttt4rec", "t2arec"]
 FILES = ["compare.md", "segments.md", "segments.png", "ablate.md", "sweep.md", "sweep_test.png",
-         "throughput.md", "throughput.png"]
-OPTIONAL_FILES = ["sweep_train.png", "compare_seeds.md", "recbole.md"]
+         "throughput.md", "throughput.png", "sweep_train.png", "compare_seeds.md", "recbole.md", "paper.md"]
 
 
 STEPS = ("compare", "segments", "ablate", "sweep", "throughput")
@@ -53,9 +84,10 @@ def one_dataset(name: str, args: argparse.Namespace) -> None:
 
     if "compare" in args.steps:
         compare(setup(args.seeds), models)
-        if name == "ml-100k" and args.seed_models:  # the cheaper models again, over more seeds
+        if args.seed_models:  # some models again, over more seeds
             compare(setup(args.more_seeds), args.seed_models, name="compare_seeds",
                     title=f"Overall performance over {len(args.more_seeds)} seeds")
+        if name == "ml-100k" and args.seed_models:
             recbole_check(args)
     if "segments" in args.steps:
         segments(setup(args.seeds), [m for m in SEGMENT_MODELS if m in models])
@@ -67,11 +99,56 @@ def one_dataset(name: str, args: argparse.Namespace) -> None:
         sweep(setup(args.sweep_seeds), phases=phases)
     if "throughput" in args.steps:  # weights do not matter here: fresh models, nothing trained
         throughput(setup(args.seeds[:1]), models, batch_size=4096, iterations=args.iterations)
+    if name in PAPER_TABLE2:
+        write_text(out / "paper.md", beside_the_paper(name, out))
     target = args.docs / "results" / name
     target.mkdir(parents=True, exist_ok=True)
-    for file in FILES + OPTIONAL_FILES:
+    for file in FILES:
         if (out / file).exists():
             shutil.copyfile(out / file, target / file)
+    write_text(target / "command.txt", "python benchmarks/results.py " + shlex.join(sys.argv[1:]) + "\n")
+
+
+def _cells(ours: dict[str, Any] | None, paper: tuple[float, ...]) -> list[str]:
+    """'ours / paper (relative difference)' for Recall, MRR and NDCG@10; '-' where we have no run."""
+    cells = []
+    for metric, theirs in zip(("recall@10", "mrr@10", "ndcg@10"), paper):
+        if ours is None:
+            cells.append(f"- / {theirs:.4f}")
+        else:
+            mean = ours[metric]["mean"]
+            cells.append(f"{mean:.4f} / {theirs:.4f} ({100 * (mean / theirs - 1):+.0f}%)")
+    return cells
+
+
+def beside_the_paper(name: str, out: Path) -> str:
+    """Our Table 2, 3 and 4 cells next to the paper's, from the JSON the experiments wrote."""
+    parts = [f"### Beside the paper\n\nEach cell: ours / the paper's (our relative difference). Ours: test split, "
+             "the mean over the seeds of the tables above (the multi-seed table where a model has one).\n"]
+    tables = [json.loads((out / f).read_text()) for f in ("compare.json", "compare_seeds.json") if (out / f).exists()]
+    if tables:
+        rows = []
+        for model, paper in PAPER_TABLE2[name].items():
+            ours = next((t["rows"][model] for t in reversed(tables) if model in t["rows"]), None)
+            seeds = next((len(t["seeds"]) for t in reversed(tables) if model in t["rows"]), 0)
+            rows.append([model, str(seeds), *_cells(ours, paper)])
+            no_tta = next((t["rows"][f"{model} (no TTA)"] for t in reversed(tables)
+                           if f"{model} (no TTA)" in t["rows"]), None)
+            if no_tta is not None:
+                rows.append([f"{model} (no TTA)", str(seeds), *_cells(no_tta, paper)])
+        parts.append("Table 2\n\n" + markdown_table(["model", "seeds", "Recall@10", "MRR@10", "NDCG@10"], rows))
+    if (out / "ablate.json").exists():
+        ablation = json.loads((out / "ablate.json").read_text())
+        rows = [[row, *_cells(cells, paper)]
+                for (row, cells), paper in zip(ablation["rows"].items(), PAPER_TABLE3[name])]
+        parts.append("Table 3\n\n" + markdown_table(["row", "Recall@10", "MRR@10", "NDCG@10"], rows))
+    if (out / "throughput.json").exists():
+        measured = json.loads((out / "throughput.json").read_text())["rows"]
+        rows = [[model, f"{measured[model]['it_s']:.2f}" if model in measured else "-", f"{paper:.2f}"]
+                for model, paper in PAPER_TABLE4[name].items()]
+        parts.append("Table 4 (ours: 2 CPU cores; the paper: a GPU)\n\n"
+                     + markdown_table(["model", "ours, it/s", "paper, it/s"], rows))
+    return "\n\n".join(parts) + "\n"
 
 
 # RecBole 1.2.1's own SASRec and GRU4Rec on the same file and protocol (test NDCG@10; figures given in
@@ -104,13 +181,34 @@ def section(name: str, docs: Path) -> str:
     title, _ = DATASETS[name]
     folder = docs / "results" / name
     parts = [f"## {title}\n"]
-    for md, pngs in (("compare.md", []), ("compare_seeds.md", []), ("recbole.md", []), ("segments.md", ["segments.png"]),
-                     ("ablate.md", []),
+    if (folder / "command.txt").exists():
+        parts.append(f"```bash\n{(folder / 'command.txt').read_text().strip()}\n```\n")
+    for md, pngs in (("compare.md", []), ("compare_seeds.md", []), ("paper.md", []), ("recbole.md", []),
+                     ("segments.md", ["segments.png"]), ("ablate.md", []),
                      ("sweep.md", ["sweep_train.png", "sweep_test.png"]), ("throughput.md", ["throughput.png"])):
         if (folder / md).exists():
             parts.append((folder / md).read_text())
         parts += [f"![{png}](results/{name}/{png})\n" for png in pngs if (folder / png).exists()]
     return "\n".join(parts)
+
+
+def assemble(docs: Path) -> None:
+    """docs/results.md from every dataset folder in ``docs/results`` (in DATASETS order)."""
+    present = [name for name in DATASETS if (docs / "results" / name / "command.txt").exists()]
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+               f"PyTorch {torch.__version__}, Python {platform.python_version()}")
+    head = ["# Results: the paper's tables and figures, measured here", "",
+            "Every number and plot below was produced by `benchmarks/results.py`; each dataset's section "
+            "starts with the command that made it, run from the repository root "
+            f"({machine}). Protocol: `shared/spec/t2arec.md` (10-core unless a section says otherwise, "
+            "leave-one-out, full ranking, pessimistic ties). Finished runs live in the command's `--out` and "
+            "are reused (MovieLens-1M and Amazon runs' results.json are committed under `experiments/results/`); "
+            "the step size of test-time alignment is chosen on the validation split for every trained model.", ""]
+    body = [section(name, docs) for name in present]
+    reading = Path(__file__).with_name("results_reading.md")
+    tail = [reading.read_text()] if reading.exists() else []
+    write_text(docs / "results.md", "\n".join(head + body + tail))
+    print(f"wrote {docs / 'results.md'}")
 
 
 def main() -> None:
@@ -122,7 +220,8 @@ def main() -> None:
     parser.add_argument("--synthetic-models", nargs="+", default=None,
                         help="models for the synthetic datasets (default: --models)")
     parser.add_argument("--seed-models", nargs="*", default=[],
-                        help="ML-100K: models compared again over --more-seeds (compare_seeds.md)")
+                        help="models compared again over --more-seeds (compare_seeds.md; on ML-100K also the "
+                             "RecBole check)")
     parser.add_argument("--more-seeds", type=int, nargs="+", default=[2026, 1, 2])
     parser.add_argument("--steps", nargs="+", default=list(STEPS), choices=STEPS)
     parser.add_argument("--sweep-phases", nargs="+", default=["train", "test"], choices=["train", "test"])
@@ -136,39 +235,14 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5, help="timed throughput iterations")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--assemble-only", action="store_true",
-                        help="only rewrite docs/results.md (e.g. after editing the reading), keeping the "
-                             "command of the last full generation at its top")
+                        help="only rewrite docs/results.md from docs/results/ (e.g. after editing the reading)")
     args = parser.parse_args()
-    command_file = args.out / "command.txt"
-    if args.assemble_only:
-        if not command_file.exists():
-            raise SystemExit(f"{command_file} is missing: run the full generation first")
-        command = command_file.read_text().strip()
-    else:
+    keep_freed_memory()
+    if not args.assemble_only:
         for name in args.datasets:
             print(f"== {name}", flush=True)
             one_dataset(name, args)
-        command = "python benchmarks/results.py " + shlex.join(sys.argv[1:])
-        if set(args.steps) == set(STEPS):
-            write_text(command_file, command + "\n")
-
-    missing = [f"{name}/{file}" for name in args.datasets for file in FILES
-               if not (args.docs / "results" / name / file).exists()]
-    if missing:
-        print(f"not writing {args.docs / 'results.md'}: still missing {', '.join(missing)}")
-        return
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-               f"PyTorch {torch.__version__}, Python {platform.python_version()}")
-    head = ["# Results: the paper's tables and figures, measured here", "",
-            "Every number and plot below was produced by", "", "```bash", command.strip(), "```", "",
-            f"from the repository root ({machine}). Protocol: `shared/spec/t2arec.md` (10-core, leave-one-out, "
-            "full ranking, pessimistic ties). Finished runs live in `--out` and are reused; the step size of "
-            "test-time alignment is chosen on the validation split for every trained model.", ""]
-    body = [section(name, args.docs) for name in args.datasets]
-    reading = Path(__file__).with_name("results_reading.md")
-    tail = [reading.read_text()] if reading.exists() else []
-    write_text(args.docs / "results.md", "\n".join(head + body + tail))
-    print(f"wrote {args.docs / 'results.md'}")
+    assemble(args.docs)
 
 
 if __name__ == "__main__":

@@ -33,3 +33,23 @@ def test_the_results_document_is_assembled_with_its_command(results_module, tmp_
     monkeypatch.setattr(sys, "argv", [*args[:5], "--assemble-only"])
     results_module.main()  # keeps the recorded command
     assert "--seed-models t2arec" in (tmp_path / "docs" / "results.md").read_text()
+
+
+def test_each_dataset_keeps_its_section_and_command_and_sits_beside_the_paper(results_module, tmp_path, monkeypatch):
+    common = ["--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--seeds", "1", "--ablate-seeds", "1",
+              "--iterations", "1", "--quiet"]
+    monkeypatch.setattr(sys, "argv", ["results.py", *common, "--datasets", "synthetic-shift0", "--models", "t2arec",
+                                      "--steps", "compare"])
+    results_module.main()
+    monkeypatch.setattr(sys, "argv", ["results.py", *common, "--datasets", "ml-1m", "--models", "sasrec", "t2arec",
+                                      "--seed-models", "t2arec", "--more-seeds", "1", "2",
+                                      "--steps", "compare", "ablate", "throughput"])
+    results_module.main()
+    text = (tmp_path / "docs" / "results.md").read_text()
+    shift0, ml1m = text.index("## Synthetic, no interest shift"), text.index("## MovieLens-1M")
+    assert shift0 < ml1m  # both sections, in the datasets' order, each under its own command
+    assert "--datasets synthetic-shift0" in text[shift0:ml1m] and "--datasets ml-1m" in text[ml1m:]
+    paper = text[text.index("### Beside the paper"):]
+    assert "0.1648" in paper and "0.2932" in paper  # T2ARec's Table 2 cells from the paper
+    assert "| caser | 0 | - / 0.1954" in paper  # a model without a run shows the paper's cell only
+    assert "Table 3" in paper and "Table 4" in paper and "1.02" in paper
