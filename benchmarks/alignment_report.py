@@ -83,9 +83,10 @@ def main() -> None:
     plot_losses(results["history"], args.out / f"{args.name}_losses.png", f"T2ARec training on {args.name}")
 
     no_valid, no_test = evaluate(model, valid, None, bs), evaluate(model, test, None, bs)
-    chosen = dataclasses.replace(cfg.align, enabled=True)
+    chosen = dataclasses.replace(cfg.align, enabled=True)  # forced even when the run chose no step
+    verdict = "chosen" if results["alignment"]["applied"] else "not significant, forced here"
     settings = [("paper: SGD, alpha 0.005, mu 1e-2/1e-1", PAPER),
-                (f"chosen on validation: SGD, alpha {chosen.lr:g}", chosen),
+                (f"best on validation ({verdict}): SGD, alpha {chosen.lr:g}", chosen),
                 ("Adam, lr 1e-3 (spec's prototype)", dataclasses.replace(PAPER, optimizer="adam", lr=1e-3))]
     lines = [f"# Test-time alignment on {args.name}", "",
              f"Produced by `{args.command}` then "

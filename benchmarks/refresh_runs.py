@@ -29,7 +29,9 @@ def main() -> None:
             checked = {k: results.get(k) for k in ("valid", "test", "alignment_selection", "segments")}
             if has_non_finite(checked):
                 fresh = refresh_evaluation(path.parent)
-                print(f"{path.parent}: step {fresh['alignment']['lr']:g}, test NDCG@10 {fresh['test']['ndcg@10']:.4f}")
+                step = fresh["alignment"]["lr"]
+                print(f"{path.parent}: step {'none' if step is None else f'{step:g}'}, "
+                      f"test NDCG@10 {fresh['test']['ndcg@10']:.4f}")
             for variant in sorted(path.parent.glob("variants/*.json")):
                 if has_non_finite(json.loads(variant.read_text())):
                     variant.unlink()  # recomputed by the next experiment command

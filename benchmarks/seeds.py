@@ -6,8 +6,8 @@ Extra arguments are passed on as config overrides (section.key=value). Finished 
 from ``OUT/seed-N/results.json``, so an interrupted run can be resumed.
 
 With ``--adam-grid 1e-4 3e-4 1e-3`` each seed's checkpoint is also evaluated with a one-step Adam
-alignment whose learning rate is chosen on the validation split from that grid (rows
-``valid_adam``/``test_adam``).
+alignment whose learning rate is chosen on the validation split from that grid, or no step when no
+gain is significant (rows ``valid_adam``/``test_adam``).
 """
 from __future__ import annotations
 
@@ -32,11 +32,12 @@ def adam_alignment(run_dir: Path, grid: list[float]) -> dict:
     data = remap_items(load_data(cfg), payload["item_ids"])
     valid = evaluation_examples(data, "valid", cfg.data.max_len)
     test = evaluation_examples(data, "test", cfg.data.max_len)
-    adam = dataclasses.replace(cfg.align, optimizer="adam", lr_grid=tuple(grid))
-    lr, table = select_alignment_lr(model, valid, adam)
-    chosen = dataclasses.replace(adam, lr=lr)
-    best_valid = next(row for row in table if row["lr"] == lr)
-    print(f"  adam: chosen lr {lr:g} on validation from {grid}")
+    # enabled=True: the checkpoint's own (SGD) choice may have been "no step"; Adam gets its own choice
+    adam = dataclasses.replace(cfg.align, optimizer="adam", lr_grid=tuple(grid), enabled=True)
+    choice = select_alignment_lr(model, valid, adam)
+    chosen = choice.config(adam)  # alignment off when no Adam step was significant
+    best_valid = next(row for row in choice.rows if row["lr"] == choice.lr)
+    print(f"  adam on validation from {grid}: {choice.reason}")
     return {"valid_adam": {k: best_valid[k] for k in KEYS},
             "test_adam": evaluate(model, test, chosen, batch_size=chosen.batch_size).metrics}
 
@@ -65,7 +66,8 @@ def main() -> None:
         if args.adam_grid:
             results.update(adam_alignment(out, args.adam_grid))
         rows.append(results)
-        print(f"seed {seed}: best epoch {results['best_epoch']}, step {results['alignment']['lr']:g}, "
+        step = results["alignment"]["lr"]
+        print(f"seed {seed}: best epoch {results['best_epoch']}, step {'none' if step is None else f'{step:g}'}, "
               f"valid {results['valid']['ndcg@10']:.4f}, test {results['test']['ndcg@10']:.4f}, "
               f"test_no_tta {results['test_no_tta']['ndcg@10']:.4f}", flush=True)
 

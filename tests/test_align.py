@@ -1,3 +1,5 @@
+import numpy as np
+import pytest
 import torch
 
 from t2arec.align import AlignConfig, aligned, score_batch
@@ -69,3 +71,70 @@ def test_zero_steps_or_disabled_means_no_alignment():
     for cfg in (AlignConfig(steps=0, lr=1.0), AlignConfig(enabled=False, lr=1.0)):
         scores, stats = score_batch(model, batch, cfg)
         assert stats is None and torch.equal(scores, plain)
+
+
+class TargetlessBatch(SeqBatch):
+    """A batch whose targets raise when read: whatever touches them fails the test."""
+
+    @property
+    def targets(self):
+        raise AssertionError("test-time alignment read batch.targets")
+
+    @targets.setter
+    def targets(self, value):
+        pass  # the dataclass __init__ assigns them; they are never stored
+
+
+def aligned_outcome(model, batch, cfg):
+    """The adapted parameters and the scores predicted with them."""
+    with aligned(model, batch, cfg):
+        params = [p.detach().clone() for p in model.parameters()]
+        with torch.no_grad():
+            scores = model.score(batch)
+    return params, scores
+
+
+def test_alignment_never_reads_the_targets():
+    model, batch = setup()
+    cfg = AlignConfig(lr=1.0, mu_time=1.0, mu_state=1.0)
+    loss = model.alignment_loss(batch, cfg.mu_time, cfg.mu_state)
+    params, scores = aligned_outcome(model, batch, cfg)
+    assert any(not torch.equal(p, q) for p, q in zip(params, model.parameters()))  # the step moved something
+    garbage = [torch.full_like(batch.targets, 10**6), torch.randint(-5, 0, (6, 7)), torch.empty(0)]
+    for targets in garbage:
+        other = SeqBatch(batch.items, batch.gaps, batch.next_gap, targets)
+        assert torch.equal(model.alignment_loss(other, cfg.mu_time, cfg.mu_state), loss)
+        other_params, other_scores = aligned_outcome(model, other, cfg)
+        assert all(torch.equal(p, q) for p, q in zip(params, other_params))
+        assert torch.equal(other_scores, scores)
+    blind = TargetlessBatch(batch.items, batch.gaps, batch.next_gap, batch.targets)
+    assert torch.equal(model.alignment_loss(blind, cfg.mu_time, cfg.mu_state), loss)
+    blind_params, blind_scores = aligned_outcome(model, blind, cfg)
+    assert all(torch.equal(p, q) for p, q in zip(params, blind_params))
+    blind_scores_again, _ = score_batch(model, blind, cfg)
+    assert torch.equal(blind_scores, scores) and torch.equal(blind_scores_again, scores)
+
+
+@pytest.mark.parametrize("start_in_training", [True, False])
+def test_evaluation_aligns_in_eval_mode_and_restores_the_mode(monkeypatch, start_in_training):
+    from t2arec.data.batching import Examples
+    from t2arec.evaluate import evaluate
+
+    model, batch = setup()
+    model.train(start_in_training)
+    examples = Examples(batch.items.numpy(), batch.gaps.numpy(), batch.next_gap.numpy(), batch.targets.numpy(),
+                        np.arange(6), np.arange(6, dtype=np.float64))
+    modes = []
+    original = model.alignment_loss
+
+    def recording_loss(*args, **kwargs):
+        modes.append((model.training, [m.training for m in model.modules()]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(model, "alignment_loss", recording_loss)
+    result = evaluate(model, examples, AlignConfig(lr=1.0, steps=2), batch_size=4)
+    assert len(modes) == 4  # two batches, two steps each
+    assert all(not training and not any(submodules) for training, submodules in modes)  # dropout off
+    assert result.param_shift and all(shift > 0 for shift in result.param_shift)
+    assert model.training is start_in_training
+    assert all(m.training is start_in_training for m in model.modules())

@@ -26,7 +26,12 @@ def test_run_writes_results_and_checkpoint_then_evaluate_reproduces_them(tmp_pat
     for block in [results["test"], results["test_no_tta"], *(s["test"] for s in results["segments"])]:
         assert set(block) >= {"recall@10", "mrr@10", "ndcg@10"}
         assert 0.0 <= block["ndcg@10"] <= block["recall@10"] <= 1.0
-    assert results["alignment"]["applied"] and results["alignment"]["param_shift_mean"] > 0
+    # on this small run no step's validation gain is significant: test runs without a step
+    alignment = results["alignment"]
+    assert not alignment["applied"] and alignment["lr"] is None and results["test"] == results["test_no_tta"]
+    assert alignment["chosen"]["lr"] is None and alignment["chosen"]["tested_on"] == "validation"
+    assert alignment["chosen"]["p_adjusted"] >= 0.05 and "no step" in alignment["chosen"]["reason"]
+    assert results["config"]["align"]["lr"] == alignment["chosen"]["best_grid_lr"]
     assert (out / "checkpoint").is_file()
     assert "ndcg@10" in result.output
 
@@ -34,11 +39,36 @@ def test_run_writes_results_and_checkpoint_then_evaluate_reproduces_them(tmp_pat
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(out / "checkpoint"), "--out", str(again), "--quiet"])
     assert result.exit_code == 0, result.output
     evaluated = json.loads((again / "results.json").read_text())
-    assert evaluated["test"] == results["test"]
+    assert evaluated["test"] == results["test"]  # the checkpoint follows the choice: no step
     assert evaluated["test_no_tta"] == results["test_no_tta"]
+    assert not evaluated["alignment"]["applied"]
+
+    # --align forces the best grid step stored in the checkpoint
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(out / "checkpoint"), "--out", str(again), "--align",
+                                 "--quiet"])
+    assert result.exit_code == 0, result.output
+    forced = json.loads((again / "results.json").read_text())
+    assert forced["alignment"]["applied"] and forced["alignment"]["param_shift_mean"] > 0
+    assert forced["alignment"]["lr"] == alignment["chosen"]["best_grid_lr"]
+    assert forced["test_no_tta"] == results["test_no_tta"]
 
     result = runner.invoke(app, ["evaluate", "--checkpoint", str(out / "checkpoint"), "--out", str(again), "--no-align", "--quiet"])
     assert json.loads((again / "results.json").read_text())["test"] == results["test_no_tta"]
+
+
+def test_a_step_given_without_a_grid_is_used_untested_and_evaluate_reproduces_it(tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--out", str(out), "--seed", "3", "align.lr_grid=", "align.lr=1.0", *SMALL])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["alignment"]["applied"] and results["alignment"]["lr"] == 1.0
+    assert results["alignment"]["param_shift_mean"] > 0 and results["alignment_selection"] == []
+    assert results["alignment"]["chosen"]["tested_on"] is None and "untested" in results["alignment"]["chosen"]["reason"]
+    again = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(out / "checkpoint"), "--out", str(again), "--quiet"])
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((again / "results.json").read_text())
+    assert evaluated["test"] == results["test"] and evaluated["alignment"]["applied"]
 
 
 def test_same_seed_same_metrics(tmp_path):
@@ -116,8 +146,13 @@ def test_every_registered_model_runs_through_the_cli(tmp_path, name):
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["model"] == name and 0.0 <= results["test"]["ndcg@10"] <= 1.0
-    # only a model with a self-supervised loss is aligned; the others report their plain metrics twice
-    assert results["alignment"]["applied"] == (name == "t2arec")
+    # only a model with a self-supervised loss can be aligned, and only with a step chosen on validation;
+    # the others report their plain metrics twice
+    chosen = results["alignment"]["chosen"]
+    assert chosen["tested_on"] == ("validation" if name == "t2arec" else None)
+    assert results["alignment"]["applied"] == (name == "t2arec" and chosen["lr"] is not None)
+    if not results["alignment"]["applied"]:
+        assert results["test"] == results["test_no_tta"]
 
 
 @pytest.mark.parametrize("command", ["evaluate", "recommend", "serve"])

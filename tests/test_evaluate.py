@@ -39,4 +39,10 @@ def test_nan_scores_never_help_the_target():
                            [0.5, 0.1, nan, 0.2]])  # target item 1 (0.5)
     ranks = target_ranks(scores, torch.tensor([3, 2, 1]))
     assert ranks.tolist() == [1, 3, 1]
-    assert metrics_from_ranks(ranks.numpy())["ndcg@10"] < 1.0  # finite, never inf
+    # with NaN read as "no better than the target" the ranks would be [0, 0, 0] and every metric 1
+    m = metrics_from_ranks(ranks.numpy(), ks=(1, 2, 10))
+    assert m["recall@1"] == 0.0 and m["mrr@1"] == 0.0 and m["ndcg@1"] == 0.0
+    assert m["recall@2"] == pytest.approx(2 / 3) and m["mrr@2"] == pytest.approx((1 / 2 + 1 / 2) / 3)
+    assert m["ndcg@2"] == pytest.approx(2 / math.log2(3) / 3)
+    assert m["recall@10"] == 1.0 and m["mrr@10"] == pytest.approx((1 / 2 + 1 / 4 + 1 / 2) / 3)
+    assert m["ndcg@10"] == pytest.approx((1 / math.log2(3) + 1 / math.log2(5) + 1 / math.log2(3)) / 3)

@@ -25,8 +25,11 @@ class AlignConfig:
     mu_state: float = 1e-1  # mu2_test
     optimizer: str = "sgd"  # "sgd": theta -= alpha * grad (Algorithm 1); "adam": fresh Adam state per batch
     batch_size: int = 4096
-    # step sizes to choose ``lr`` from on the validation split after training (empty: keep ``lr``)
+    # step sizes to choose ``lr`` from on the validation split after training (empty: keep ``lr``, untested)
     lr_grid: tuple[float, ...] = (0.005, 0.05, 0.5, 1.0, 2.0, 5.0, 10.0)
+    # a step from the grid is used only when its validation gain over no step has a one-sided p-value
+    # (Bonferroni-adjusted for the grid size) below this; otherwise test runs without a step
+    significance: float = 0.05
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("sgd", "adam"):
@@ -36,6 +39,8 @@ class AlignConfig:
             raise ValueError("align.lr_grid values must be positive")
         if self.steps < 0:
             raise ValueError("align.steps must be >= 0")
+        if not 0.0 < self.significance <= 1.0:
+            raise ValueError(f"align.significance must be in (0, 1], not {self.significance}")
 
 
 @dataclass

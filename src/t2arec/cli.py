@@ -15,6 +15,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="T2ARec: sequential recommendation with test-time alignment.")
 
 
+ALIGN_HELP = ("Test-time alignment. Default: as the checkpoint says (the step chosen on validation, or none when "
+              "no step's gain was significant); --align forces the stored step, --no-align turns it off.")
+
+
 def fail(message: str) -> None:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code=2)
@@ -56,7 +60,9 @@ def run(
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     device: Optional[str] = typer.Option(None, help="cpu | cuda"),
     config: Optional[Path] = typer.Option(None, help="TOML or JSON config file."),
-    align: Optional[bool] = typer.Option(None, "--align/--no-align", help="Test-time alignment (default on)."),
+    align: Optional[bool] = typer.Option(None, "--align/--no-align",
+                                         help="Test-time alignment (default on: a step is chosen on validation, "
+                                              "or none when no step's gain is significant)."),
     out: Path = typer.Option(Path("runs/latest"), help="Output folder for results.json and checkpoint."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
@@ -101,7 +107,7 @@ def evaluate(
     format: Optional[str] = typer.Option(None, "--format", help="auto | recbole | movielens | csv | parquet"),
     columns: Optional[str] = typer.Option(None, help="Column mapping, e.g. user=uid,item=iid,time=ts"),
     batch_size: Optional[int] = typer.Option(None, help="Evaluation (and alignment) batch size."),
-    align: Optional[bool] = typer.Option(None, "--align/--no-align", help="Test-time alignment."),
+    align: Optional[bool] = typer.Option(None, "--align/--no-align", help=ALIGN_HELP),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: Path = typer.Option(Path("runs/evaluate"), help="Output folder for results.json."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -293,7 +299,7 @@ def recommend(
                                '"timestamps": [...], "now": t} (Unix seconds; an optional "id" is copied).'),
     output: Optional[Path] = typer.Option(None, help="Output JSON lines, written atomically (default: stdout)."),
     k: int = typer.Option(10, "--k", help="Items per user."),
-    align: bool = typer.Option(True, "--align/--no-align", help="Test-time alignment on each batch."),
+    align: Optional[bool] = typer.Option(None, "--align/--no-align", help=ALIGN_HELP),
     exclude_seen: bool = typer.Option(False, "--exclude-seen", help="Never recommend an item of the history."),
     strict: bool = typer.Option(False, "--strict", help="Unknown item ids are an error instead of skipped."),
     batch_size: Optional[int] = typer.Option(None, help="Users per model call and alignment step "
@@ -304,8 +310,9 @@ def recommend(
     from t2arec.serve import Recommender
     from t2arec.serve.jsonl import recommend_file
 
-    lines = run_guarded(lambda: recommend_file(Recommender.load(checkpoint, device), input, output, k=k, align=align,
-                                               exclude_seen=exclude_seen, strict=strict, batch_size=batch_size))
+    lines = run_guarded(lambda: recommend_file(Recommender.load(checkpoint, device, align=align), input, output, k=k,
+                                               align=align is not False, exclude_seen=exclude_seen, strict=strict,
+                                               batch_size=batch_size))
     if output is None:
         for line in lines:
             typer.echo(line)
@@ -324,6 +331,7 @@ def serve(
     max_history: int = typer.Option(1000, help="Interactions per user."),
     max_body_bytes: int = typer.Option(1_048_576, help="Larger request bodies get 413."),
     max_k: int = typer.Option(100, help="Largest k a request may ask for."),
+    align: Optional[bool] = typer.Option(None, "--align/--no-align", help=ALIGN_HELP),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
 ) -> None:
@@ -336,7 +344,7 @@ def serve(
     def job() -> Any:
         settings = ServeSettings(max_batch_users=max_batch_users, max_wait_ms=max_wait_ms, max_users=max_users,
                                  max_history=max_history, max_body_bytes=max_body_bytes, max_k=max_k)
-        return create_app(Recommender.load(checkpoint, device), settings)
+        return create_app(Recommender.load(checkpoint, device, align=align), settings)
 
     application = run_guarded(job)
     uvicorn.run(application, host=host, port=port, access_log=access_log, log_level="info")

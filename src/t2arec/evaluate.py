@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from t2arec.align import AlignConfig, alignment_runs, score_batch
+from t2arec.align import AlignConfig, score_batch
 from t2arec.data.batching import Examples
 from t2arec.models.base import SequentialRecommender
 
@@ -87,20 +87,141 @@ def evaluate(
     return EvalResult(all_ranks, metrics_from_ranks(all_ranks, ks), shifts, time.perf_counter() - start)
 
 
-def select_alignment_lr(model: SequentialRecommender, valid: Examples, align: AlignConfig,
-                        device: torch.device | str = "cpu") -> tuple[float, list[dict[str, float]]]:
-    """Pick the test-time step size with the best validation NDCG@10 from ``align.lr_grid``.
+def ndcg_per_user(ranks: np.ndarray, k: int = 10) -> np.ndarray:
+    """NDCG@k of each example (one target: 1 / log2(rank + 2) inside the top k, else 0)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2), 0.0)
 
-    Only the validation split is used, never test. Ties keep the smaller step.
-    Returns the chosen step size and one row per candidate (lr, metrics, mean parameter shift).
+
+def sign_test(gain: np.ndarray) -> tuple[float, int, int]:
+    """One-sided exact sign test that a paired gain is more often positive than negative.
+
+    ``gain`` holds one paired difference per user (aligned minus unaligned). Users with no change
+    carry no information about the direction and are left out (the usual treatment of ties); among
+    the others the number helped is Binomial(n, 1/2) when the step helps and hurts equally often.
+    Returns (p-value, users helped, users hurt); p = 1 when no user changed.
     """
-    if not align.lr_grid or not alignment_runs(model, align):
-        return align.lr, []
-    rows, best_lr, best = [], align.lr, -1.0
+    from scipy.stats import binomtest
+
+    helped, hurt = int((gain > 0).sum()), int((gain < 0).sum())
+    if helped + hurt == 0:
+        return 1.0, 0, 0
+    return float(binomtest(helped, helped + hurt, 0.5, alternative="greater").pvalue), helped, hurt
+
+
+SELECTION_TEST = ("one-sided exact sign test on the validation users whose NDCG@10 changed with the step "
+                  "(binomial, p = 1/2), Bonferroni-adjusted for the number of grid steps")
+
+
+@dataclass
+class AlignmentChoice:
+    """The outcome of ``select_alignment_lr``: which step test uses (``lr``; None = no step) and why.
+
+    ``candidate`` is the step written to the run's config: the chosen one, else the best grid step
+    (what ``--align`` forces on a checkpoint whose choice was "no step").
+    """
+
+    lr: float | None
+    candidate: float
+    tested: bool  # a choice was made on validation (False: the config was taken as given)
+    reason: str
+    rows: list[dict[str, float | int | None]] = field(default_factory=list)  # one per candidate, no step first
+    valid_gain: float | None = None  # mean validation NDCG@10 of the best grid step minus no step
+    p_value: float | None = None  # the best grid step's sign-test p-value against no step
+    p_adjusted: float | None = None  # min(1, p_value * grid size)
+    significance: float | None = None
+    users_helped: int | None = None
+    users_hurt: int | None = None
+
+    @property
+    def chosen(self) -> bool:
+        return self.lr is not None
+
+    def config(self, align: AlignConfig) -> AlignConfig:
+        """``align`` as test uses it: the candidate step, and alignment off when no step was chosen."""
+        if not self.tested:
+            return align
+        return dataclasses.replace(align, lr=self.candidate, enabled=align.enabled and self.chosen)
+
+    def to_dict(self) -> dict[str, object]:
+        """The ``alignment.chosen`` record of results.json (``rows`` go to ``alignment_selection``)."""
+        record = {"lr": self.lr, "reason": self.reason, "tested_on": "validation" if self.tested else None}
+        if self.tested:
+            record.update(test=SELECTION_TEST, best_grid_lr=self.candidate, valid_ndcg_gain=self.valid_gain,
+                          p_value=self.p_value, p_adjusted=self.p_adjusted, significance=self.significance,
+                          users_helped=self.users_helped, users_hurt=self.users_hurt,
+                          grid_size=len(self.rows) - 1)
+        return record
+
+
+def _untested(model: SequentialRecommender, align: AlignConfig) -> AlignmentChoice | None:
+    """The choice when there is nothing to choose from: alignment off, impossible, or a fixed step."""
+    if not model.has_alignment_loss:
+        return AlignmentChoice(None, align.lr, False, f"{type(model).__name__} has no self-supervised loss to align on")
+    if not align.enabled or align.steps == 0:
+        return AlignmentChoice(None, align.lr, False, "alignment is off (align.enabled=false or align.steps=0)")
+    if not align.lr_grid:
+        return AlignmentChoice(align.lr, align.lr, False,
+                               f"align.lr_grid is empty: the given step align.lr={align.lr:g} is used, untested")
+    return None
+
+
+def select_alignment_lr(model: SequentialRecommender, valid: Examples, align: AlignConfig,
+                        device: torch.device | str = "cpu") -> AlignmentChoice:
+    """Choose the test-time step from "no step" and ``align.lr_grid``, on the validation split only.
+
+    1. Every grid step is evaluated on the validation users, and so is no step at all.
+    2. The best grid step is the one with the highest mean validation NDCG@10 (ties keep the smaller).
+    3. It is used only when it beats no step on average and the gain is significant: a one-sided
+       paired sign test over validation users (aligned vs unaligned NDCG@10 of the same user), with
+       the p-value multiplied by the grid size, must be below ``align.significance``. Otherwise test
+       runs without a step.
+
+    Why a sign test: the per-user differences are mostly zero and otherwise take a handful of discrete
+    values (NDCG@10 of one target), so a t-test's normality is out of the question; the sign test
+    assumes nothing about their distribution, is exact (a binomial tail, no resampling seed, the
+    same answer on every machine) and asks the question that matters here: does the step help more
+    users than it hurts? It ignores the size of each change, so the mean gain must also be positive:
+    a step that nudges many users up a little and drops a few far is not chosen.
+
+    Selection effect: step 2 picks the step that looks best on these same users, so its p-value
+    alone would be too optimistic. The Bonferroni factor (grid size) corrects for it: the chosen
+    step's p-value is at least the smallest p-value over the grid, and the chance that any of the
+    grid's steps falls below ``significance / grid size`` when none helps is at most
+    ``significance``. It is conservative, because neighbouring steps give strongly correlated results.
+
+    Test examples are never passed in. Without a grid the configured ``align.lr`` is kept, untested.
+    """
+    untested = _untested(model, align)
+    if untested is not None:
+        return untested
+    kwargs = dict(batch_size=align.batch_size, device=device)
+    plain = evaluate(model, valid, None, **kwargs)
+    plain_ndcg = ndcg_per_user(plain.ranks)
+    rows: list[dict[str, float | int | None]] = [
+        {"lr": None, **plain.metrics, "param_shift": 0.0, "p_value": None, "users_helped": 0, "users_hurt": 0}]
+    best_lr, best_ndcg, best_gain = align.lr, -np.inf, np.zeros(0)
     for lr in sorted(align.lr_grid):
-        result = evaluate(model, valid, dataclasses.replace(align, lr=lr), batch_size=align.batch_size, device=device)
-        ndcg = result.metrics["ndcg@10"]
-        rows.append({"lr": lr, **result.metrics, "param_shift": float(np.mean(result.param_shift))})
-        if ndcg > best:
-            best_lr, best = lr, ndcg
-    return best_lr, rows
+        result = evaluate(model, valid, dataclasses.replace(align, lr=lr), **kwargs)
+        gain = ndcg_per_user(result.ranks) - plain_ndcg
+        p_value, helped, hurt = sign_test(gain)
+        rows.append({"lr": lr, **result.metrics, "param_shift": float(np.mean(result.param_shift)),
+                     "p_value": p_value, "users_helped": helped, "users_hurt": hurt})
+        if result.metrics["ndcg@10"] > best_ndcg:  # strict: ties keep the smaller step
+            best_lr, best_ndcg, best_gain = lr, result.metrics["ndcg@10"], gain
+    best = next(row for row in rows if row["lr"] == best_lr)
+    p_value = float(best["p_value"])
+    p_adjusted = min(1.0, p_value * len(align.lr_grid))
+    mean_gain = float(best_gain.mean()) if len(best_gain) else 0.0
+    chosen = mean_gain > 0 and p_adjusted < align.significance
+    gain_text = (f"the best grid step {best_lr:g} changes validation NDCG@10 by {mean_gain:+.5f} "
+                 f"({best['users_helped']} users helped, {best['users_hurt']} hurt), "
+                 f"sign-test p = {p_value:.3g}, x {len(align.lr_grid)} steps = {p_adjusted:.3g}")
+    if chosen:
+        reason = f"step {best_lr:g} chosen: {gain_text} < {align.significance:g}"
+    elif mean_gain <= 0:
+        reason = f"no step: {gain_text}; no grid step beats no step on average"
+    else:
+        reason = f"no step: {gain_text} >= {align.significance:g}, not significant"
+    return AlignmentChoice(best_lr if chosen else None, best_lr, True, reason, rows, mean_gain, p_value, p_adjusted,
+                           align.significance, int(best["users_helped"]), int(best["users_hurt"]))

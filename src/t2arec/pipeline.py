@@ -76,8 +76,13 @@ def evaluate_split(model: SequentialRecommender, examples: Examples, align: Alig
     return Evaluation(aligned, unaligned, time_segments(examples.target_times, SEGMENTS), examples.target_times)
 
 
-def results_block(ev: Evaluation, align: AlignConfig) -> dict[str, Any]:
-    """The ``test``/``test_no_tta``/``segments``/``alignment`` part of results.json."""
+def results_block(ev: Evaluation, align: AlignConfig, chosen: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``test``/``test_no_tta``/``segments``/``alignment`` part of results.json.
+
+    ``align`` is the configuration test ran with; ``chosen`` says which step was chosen and why
+    (``AlignmentChoice.to_dict``); without it the record only says whether a step ran.
+    """
+    applied = ev.aligned is not None
     aligned = ev.aligned or ev.unaligned
     seg_aligned = aligned.segment_metrics(ev.segments)
     seg_plain = ev.unaligned.segment_metrics(ev.segments)
@@ -89,11 +94,14 @@ def results_block(ev: Evaluation, align: AlignConfig) -> dict[str, Any]:
                          "to_time": float(times.max()) if len(idx) else None,
                          "test": seg_aligned[i], "test_no_tta": seg_plain[i]})
     shifts = ev.aligned.param_shift if ev.aligned else []
+    if chosen is None:
+        chosen = {"lr": align.lr if applied else None, "reason": "as configured, no choice made here"}
     return {
         "test": aligned.metrics,
         "test_no_tta": ev.unaligned.metrics,
         "segments": segments,
-        "alignment": {"applied": ev.aligned is not None, "optimizer": align.optimizer, "lr": align.lr,
+        "alignment": {"applied": applied, "chosen": chosen, "optimizer": align.optimizer,
+                      "lr": align.lr if applied else None,  # the step test used; None: no step
                       "steps": align.steps, "mu_time": align.mu_time, "mu_state": align.mu_state,
                       "batch_size": align.batch_size,
                       "param_shift_mean": float(np.mean(shifts)) if shifts else 0.0,
@@ -135,13 +143,18 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = True,
     state_path = out_dir / TRAIN_STATE
     trained = train(model, windows, valid, cfg.train, cfg.align, seed=cfg.seed, device=device, progress=progress,
                     state_path=state_path, fingerprint=fingerprint)
-    cfg.align.lr, lr_table = select_alignment_lr(model, valid, cfg.align, device)
-    valid_ev = evaluate_split(model, valid, cfg.align, device)
+    # the step (or no step) is chosen on validation only; the test split takes no part in it
+    choice = select_alignment_lr(model, valid, cfg.align, device)
+    cfg.align.lr = choice.candidate  # results' config: alignment as asked for, with the step it settled on
+    used = choice.config(cfg.align)  # as test runs it: off when no step was chosen
+    valid_ev = evaluate_split(model, valid, used, device)
     training = {"best_epoch": trained.best_epoch, "best_step": trained.best_step, "steps": trained.steps,
                 "train_seconds": trained.train_seconds,
                 "valid": (valid_ev.aligned or valid_ev.unaligned).metrics, "valid_no_tta": valid_ev.unaligned.metrics}
-    save_checkpoint(out_dir / "checkpoint", model, cfg.to_dict(), data.item_ids, data.report.to_dict(), training)
-    test_ev = evaluate_split(model, test, cfg.align, device, progress=progress)
+    # the checkpoint holds the configuration as used, so evaluate/recommend/serve follow the choice
+    save_checkpoint(out_dir / "checkpoint", model, {**cfg.to_dict(), "align": dataclasses.asdict(used)},
+                    data.item_ids, data.report.to_dict(), training)
+    test_ev = evaluate_split(model, test, used, device, progress=progress)
     results = {
         "model": cfg.model_name,
         "dataset": data.report.to_dict(),
@@ -149,8 +162,8 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = True,
         "seed": cfg.seed,
         "training_windows": len(windows),
         **training,
-        **results_block(test_ev, cfg.align),
-        "alignment_selection": lr_table,
+        **results_block(test_ev, used, choice.to_dict()),
+        "alignment_selection": choice.rows,
         "history": trained.history,
     }
     write_json(out_dir / "results.json", results)
@@ -199,15 +212,19 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, cfg_changes
             setattr(cfg.data, key, cfg_changes[key])
     if cfg_changes.get("batch_size"):
         cfg.align.batch_size = cfg_changes["batch_size"]
-    if cfg_changes.get("align") is not None:
+    if cfg_changes.get("align") is not None:  # --align forces the stored step even when none was chosen
         cfg.align.enabled = cfg_changes["align"]
     device = resolve_device(cfg_changes.get("device", "cpu"))
     data = remap_items(load_data(cfg), payload["item_ids"])
     test = evaluation_examples(data, "test", cfg.data.max_len)
     test_ev = evaluate_split(model, test, cfg.align, device, progress=progress)
+    applied = test_ev.aligned is not None
+    source = {True: "forced by --align", False: "turned off by --no-align"}.get(
+        cfg_changes.get("align"), "the checkpoint's align config (the choice made on validation when it was trained)")
+    chosen = {"lr": cfg.align.lr if applied else None, "reason": f"{source}: {'step' if applied else 'no step'}"}
     results = {"model": cfg.model_name, "dataset": data.report.to_dict(), "config": cfg.to_dict(),
                "seed": cfg.seed, **payload["training"], "checkpoint": str(checkpoint),
-               **results_block(test_ev, cfg.align)}
+               **results_block(test_ev, cfg.align, chosen)}
     write_json(Path(out_dir) / "results.json", results)
     return results
 
@@ -215,35 +232,48 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, cfg_changes
 def evaluate_variant(run_dir: str | Path, align: AlignConfig, device: str = "cpu") -> dict[str, Any]:
     """Evaluate a finished run's checkpoint with another test-time alignment setting.
 
-    The step size is chosen on the validation split from ``align.lr_grid`` (kept as ``align.lr`` when
-    the grid is empty), exactly as ``run`` does, so a variant is judged like a trained model.
+    The step (or no step) is chosen on the validation split from ``align.lr_grid`` exactly as ``run``
+    chooses it (``align.lr`` is used untested when the grid is empty), so a variant is judged like a
+    trained model. ``align_used`` in the result is the configuration test ran with.
     """
     model, cfg, payload = load_model(Path(run_dir) / "checkpoint", device)
     torch_device = resolve_device(device)
     data = remap_items(load_data(cfg), payload["item_ids"])
     valid = evaluation_examples(data, "valid", cfg.data.max_len)
     test = evaluation_examples(data, "test", cfg.data.max_len)
-    align = dataclasses.replace(align)
-    align.lr, lr_table = select_alignment_lr(model, valid, align, torch_device)
-    valid_ev = evaluate_split(model, valid, align, torch_device)
-    test_ev = evaluate_split(model, test, align, torch_device)
+    choice = select_alignment_lr(model, valid, align, torch_device)
+    used = choice.config(align)
+    valid_ev = evaluate_split(model, valid, used, torch_device)
+    test_ev = evaluate_split(model, test, used, torch_device)
     return {"model": cfg.model_name, "seed": cfg.seed, "checkpoint": str(Path(run_dir) / "checkpoint"),
             "valid": (valid_ev.aligned or valid_ev.unaligned).metrics, "valid_no_tta": valid_ev.unaligned.metrics,
-            **results_block(test_ev, align), "alignment_selection": lr_table}
+            **results_block(test_ev, used, choice.to_dict()), "alignment_selection": choice.rows,
+            "align_used": json.loads(json.dumps(dataclasses.asdict(used)))}
+
+
+def store_align_in_checkpoint(checkpoint: str | Path, align: dict[str, Any]) -> None:
+    """Rewrite the ``align`` section of a checkpoint's config (atomically), weights untouched."""
+    payload = load_checkpoint(checkpoint)
+    payload["config"]["align"] = align
+    atomic_write(checkpoint, lambda handle: torch.save(payload, handle))
 
 
 def refresh_evaluation(run_dir: str | Path, device: str = "cpu") -> dict[str, Any]:
     """Re-run the evaluation part of ``run`` on a finished run's checkpoint and rewrite its results.json.
 
     Training results (epochs, losses, time) are kept; the step-size choice, validation and test
-    figures are recomputed with the current evaluator (for example after an evaluation fix).
+    figures are recomputed with the current evaluator and selection rule (for example after an
+    evaluation fix), and the checkpoint's align config is updated to the new choice so that
+    evaluate/recommend/serve follow it.
     """
     run_dir = Path(run_dir)
     results = json.loads((run_dir / "results.json").read_text())
-    align = AlignConfig(**{**results["config"]["align"], "lr_grid": tuple(results["config"]["align"]["lr_grid"])})
+    asked = results["config"]["align"]  # alignment as the run asked for it (``enabled`` before the choice)
+    align = AlignConfig(**{**asked, "lr_grid": tuple(asked["lr_grid"])})
     fresh = evaluate_variant(run_dir, align, device)
     for key in ("valid", "valid_no_tta", "test", "test_no_tta", "segments", "alignment", "alignment_selection"):
         results[key] = fresh[key]
-    results["config"]["align"]["lr"] = fresh["alignment"]["lr"]
+    results["config"]["align"]["lr"] = fresh["align_used"]["lr"]
+    store_align_in_checkpoint(run_dir / "checkpoint", {**fresh["align_used"], "lr_grid": align.lr_grid})
     write_json(run_dir / "results.json", results)
     return results

@@ -81,23 +81,84 @@ def test_final_state_hand_case():
     assert torch.allclose(h, torch.tensor([[[2.0 * torch.e**-1 + 3.0]]]))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused kernel needs CUDA")
-def test_fused_kernel_equals_the_pytorch_scan():
+def _fused_kernel():
+    """The ssd_kernels module when its fused kernel can run here (CUDA and mamba_ssm), else None."""
+    if not torch.cuda.is_available():
+        return None
     from t2arec.models import ssd_kernels
 
-    if ssd_kernels._kernel is None:
-        pytest.skip("mamba_ssm is not installed")
-    x, _, b, c = random_inputs(batch=4, length=100, d=64, d_state=32, dtype=torch.float32)
-    delta = torch.rand(4, 100) * 0.1
+    return ssd_kernels if ssd_kernels._kernel is not None else None
+
+
+needs_fused_kernel = pytest.mark.skipif(_fused_kernel() is None, reason="the fused kernel needs CUDA and mamba_ssm")
+
+
+def kernel_inputs(seed=0):
+    x, _, b, c = random_inputs(batch=4, length=100, d=64, d_state=32, dtype=torch.float32, seed=seed)
+    delta = torch.rand(4, 100, generator=torch.Generator().manual_seed(seed + 1)) * 0.1
     a = torch.tensor([-2.0])
-    x, delta, a, b, c = (t.cuda() for t in (x, delta, a, b, c))
+    return [t.cuda() for t in (x, delta, a, b, c)]
+
+
+@needs_fused_kernel
+def test_fused_kernel_equals_the_pytorch_scan():
+    ssd_kernels = _fused_kernel()
+    x, delta, a, b, c = kernel_inputs()
     y, h = ssd_kernels.scan_kernel(x, delta, a, b, c, chunk_size=64)
     y_ref, h_ref = scan_chunked(x * delta[..., None], delta * a, b, c, chunk_size=64)
     assert torch.allclose(y, y_ref, atol=1e-3, rtol=1e-3)
     assert torch.allclose(h, h_ref, atol=1e-3, rtol=1e-3)
 
 
-def test_without_the_kernel_the_pytorch_scan_runs():
-    from t2arec.models import ssd_kernels
+@needs_fused_kernel
+def test_fused_kernel_gradients_equal_the_pytorch_scan():
+    """Training on CUDA backpropagates through the kernel: its gradients with respect to x, Delta,
+    A, B and C must be those of the PyTorch scan (through the outputs and the final state)."""
+    ssd_kernels = _fused_kernel()
+    leaves = [t.clone().requires_grad_(True) for t in kernel_inputs(seed=3)]
+    ref_leaves = [t.clone().requires_grad_(True) for t in leaves]
+    y, h = ssd_kernels.scan_kernel(*leaves, chunk_size=64)
+    x, delta, a, b, c = ref_leaves
+    y_ref, h_ref = scan_chunked(x * delta[..., None], delta * a, b, c, chunk_size=64)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    weight_y = torch.randn(y_ref.shape, generator=g, device="cuda")
+    weight_h = torch.randn(h_ref.shape, generator=g, device="cuda")
+    grads = torch.autograd.grad((y * weight_y).sum() + (h * weight_h).sum(), leaves)
+    grads_ref = torch.autograd.grad((y_ref * weight_y).sum() + (h_ref * weight_h).sum(), ref_leaves)
+    for name, got, want in zip(("x", "delta", "A", "B", "C"), grads, grads_ref):
+        assert got.shape == want.shape, name
+        scale = want.abs().max().clamp(min=1.0)
+        assert torch.allclose(got, want, atol=1e-3 * scale, rtol=1e-3), name
 
-    assert not ssd_kernels.kernel_available(torch.zeros(1))  # a CPU tensor never takes the kernel path
+
+def test_without_the_kernel_the_pytorch_scan_runs(monkeypatch):
+    """On CPU, with ``use_kernels`` on (the default) and even with mamba_ssm "installed", the block
+    never calls the fused kernel: the PyTorch chunked scan computes its output, which equals the
+    sequential reference."""
+    import t2arec.models.t2arec as t2arec_module
+    from t2arec.models import ssd_kernels
+    from t2arec.models.t2arec import T2ARec, T2ARecConfig
+
+    def kernel_must_not_run(*args, **kwargs):
+        raise AssertionError("the fused CUDA kernel was called on CPU tensors")
+
+    monkeypatch.setattr(ssd_kernels, "_kernel", kernel_must_not_run)  # as if mamba_ssm were installed
+    monkeypatch.setattr(t2arec_module, "scan_kernel", kernel_must_not_run)
+    chunked_calls = []
+
+    def counting_scan(*args, **kwargs):
+        chunked_calls.append(args[0].shape)
+        return scan_chunked(*args, **kwargs)
+
+    monkeypatch.setattr(t2arec_module, "scan_chunked", counting_scan)
+    torch.manual_seed(0)
+    cfg = T2ARecConfig(num_items=20, hidden_size=8, state_size=4, dropout=0.0, chunk_size=4, use_kernels=True)
+    model = T2ARec(cfg).double()
+    reference = T2ARec(T2ARecConfig(**{**vars(cfg), "sequential_scan": True})).double()
+    reference.load_state_dict(model.state_dict())
+    items = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    out, trace = model.encode(items)
+    assert chunked_calls == [(2, 9, 8)]  # the block's scan was the PyTorch chunked one
+    out_ref, trace_ref = reference.encode(items)
+    assert torch.allclose(out, out_ref, atol=1e-10, rtol=0)
+    assert torch.allclose(trace.final_state, trace_ref.final_state, atol=1e-10, rtol=0)

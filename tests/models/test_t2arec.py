@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from t2arec.models.base import SeqBatch
 from t2arec.models.t2arec import T2ARec, T2ARecConfig
+from tests.models.batches import assert_every_parameter_learns, assert_same_gradients, reference_rec_loss
 
 
 def tiny_model(**overrides) -> T2ARec:
@@ -44,11 +45,32 @@ def test_padding_invariance_holds_with_stacked_layers_and_gate():
 
 
 def test_chunked_model_equals_sequential_model():
-    model = tiny_model()
-    reference = tiny_model(sequential_scan=True)
+    """The chunked SSD scan inside the model equals the sequential loop at every position: full
+    ``encode`` outputs, the trace, gradients, scores and the alignment loss, with the inference
+    shortcut off so that prediction goes through the scan too. Length 11 with chunks of 4: three
+    chunks, the first one partial, so state passing between chunks is exercised."""
+    model = tiny_model(fast_inference=False)
+    reference = tiny_model(fast_inference=False, sequential_scan=True)
     reference.load_state_dict(model.state_dict())
-    batch = make_batch([[0, 0, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9]], [[0.0, 0, 0] + [1.0] * 6, [0.0] + [2.0] * 8], [5.0, 6.0])
-    assert torch.allclose(model.score(batch), reference.score(batch), atol=1e-10)
+    assert model.cfg.chunk_size == 4
+    items = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8, 9, 10, 11], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11],
+                          [0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 13]])
+    gaps = (torch.arange(11, dtype=torch.float64) * 7.0).expand(3, 11) * (items > 0)
+    batch = SeqBatch(items, gaps, torch.tensor([5.0, 6.0, 7.0], dtype=torch.float64), torch.zeros(3, dtype=torch.long))
+    o, trace = model.encode(items)
+    o_ref, trace_ref = reference.encode(items)
+    assert o.shape == (3, 11, 8)
+    assert torch.allclose(o, o_ref, atol=1e-10, rtol=0)
+    for field in ("delta", "final_state", "x_last"):
+        assert torch.allclose(getattr(trace, field), getattr(trace_ref, field), atol=1e-10, rtol=0), field
+    weights = torch.randn_like(o)
+    grads = torch.autograd.grad((o * weights).sum(), list(model.parameters()), allow_unused=True,
+                                materialize_grads=True)
+    grads_ref = torch.autograd.grad((o_ref * weights).sum(), list(reference.parameters()), allow_unused=True,
+                                    materialize_grads=True)
+    for (name, _), got, want in zip(model.named_parameters(), grads, grads_ref):
+        assert torch.allclose(got, want, atol=1e-10, rtol=0), name
+    assert torch.allclose(model.score(batch), reference.score(batch), atol=1e-10, rtol=0)
     assert torch.allclose(model.alignment_loss(batch, 1, 1), reference.alignment_loss(batch, 1, 1), atol=1e-10)
 
 
@@ -151,19 +173,48 @@ def test_training_losses_are_finite_and_backpropagate():
     losses = model.training_losses(batch)
     assert set(losses) == {"rec", "time", "state", "total"}
     assert all(torch.isfinite(v) for v in losses.values())
-    losses["total"].backward()
-    assert model.layers[0].mixer.q_proj.weight.grad.abs().sum() > 0
-    assert model.layers[0].mixer.dt_bias.grad.abs().sum() > 0
-    # the rec loss is the mean cross-entropy over the 7 real targets
     o, _ = model.encode(items)
-    logits = o[targets > 0] @ model.item_embedding.weight[1:].T
-    assert losses["rec"].item() == pytest.approx(F.cross_entropy(logits, targets[targets > 0] - 1).item(), rel=1e-5)
+    assert_same_gradients(model, losses["rec"], reference_rec_loss(o, model.item_embedding.weight, targets))
+    losses["total"].backward()
+    # every parameter learns (P and W_q through L_state, dt_bias through both losses), except padding
+    assert_every_parameter_learns(model)
+    assert model.item_embedding.weight.grad[0].abs().sum() == 0
+    with torch.no_grad():
+        o, trace = model.encode(items)
+        # the rec loss is the mean cross-entropy over the 7 real targets, by F.cross_entropy
+        reference = reference_rec_loss(o, model.item_embedding.weight, targets)
+        time, state = model.self_supervised_losses(batch, o[:, -1], trace)
+    assert losses["rec"].item() == pytest.approx(reference.item(), rel=1e-5)
+    assert losses["time"].item() == pytest.approx(time.item(), rel=1e-6)
+    assert losses["state"].item() == pytest.approx(state.item(), rel=1e-6)
+    assert losses["total"].item() == pytest.approx(reference.item() + 0.1 * time.item() + 1.0 * state.item(), rel=1e-5)
 
 
 def test_padding_never_ranks():
+    """Item 0 has no score column: even when the padding row of E would outscore every item, the
+    scores are exactly E[1:] o_n, none of them is the padding's, and the top item is a real one."""
     model = tiny_model()
-    scores = model.score(make_batch([[1, 2, 3]], [[0.0, 1.0, 1.0]], [1.0]))
-    assert scores.shape == (1, 20)  # items 1..20 only
+    batch = make_batch([[0, 0, 1, 2, 3], [4, 5, 6, 7, 8]], [[0.0, 0.0, 0.0, 1.0, 1.0], [0.0, 2.0, 2.0, 2.0, 2.0]],
+                       [1.0, 3.0])
+    with torch.no_grad():
+        before = model.score(batch)
+        o_n, _ = model.encode(batch.items)
+        o_n = o_n[:, -1]
+        # a padding row along the users' mean output, far longer than any item's
+        model.item_embedding.weight[0] = 1e3 * o_n.mean(dim=0) / o_n.mean(dim=0).norm()
+        padding_score = o_n @ model.item_embedding.weight[0]
+        assert (padding_score > (o_n @ model.item_embedding.weight[1:].T).max(dim=1).values).all()
+        scores = model.score(batch)
+    assert scores.shape == (2, 20)  # items 1..20 only
+    assert torch.equal(scores, before)  # the padding row reaches neither the inputs nor the scores
+    assert torch.allclose(scores, o_n @ model.item_embedding.weight[1:].T, atol=1e-12)
+    assert (scores < padding_score[:, None]).all()  # no column holds the padding's score
+    # the evaluator's 1-based item of the top column is a real item, and the same as without the change
+    from t2arec.serve.recommender import top_k
+
+    top = top_k(scores, [1, 1], [None, None])
+    assert [items for items, _ in top] == [[int(before[0].argmax()) + 1], [int(before[1].argmax()) + 1]]
+    assert all(items[0] >= 1 for items, _ in top)
 
 
 def random_batch(rows=6, length=10, num_items=20, seed=1) -> SeqBatch:

@@ -6,8 +6,10 @@ from t2arec.config import RunConfig, apply_overrides
 from t2arec.pipeline import load_data, remap_items, run
 from t2arec.serve import Recommender
 
+# a fixed step (empty grid: used untested), so that the serving paths always align; a tiny run's
+# validation choice would be "no step" (tests/serve/test_recommender.py covers such a checkpoint)
 TINY = ["data.synthetic_users=80", "data.synthetic_items=50", "data.max_len=20", "train.epochs=1",
-        "align.batch_size=64"]
+        "align.batch_size=64", "align.lr_grid=", "align.lr=1.0"]
 
 
 @pytest.fixture(scope="session", autouse=True)

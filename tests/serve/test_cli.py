@@ -80,3 +80,50 @@ def test_serve_builds_the_app_from_its_options(monkeypatch, checkpoint):
     assert (settings.max_batch_users, settings.max_wait_ms, settings.max_users, settings.max_body_bytes) == (7, 2.5, 9, 5000)
     result = runner.invoke(app, ["serve", "--checkpoint", str(checkpoint), "--max-users", "0"])
     assert result.exit_code == 2 and "max_users must be >= 1" in result.output
+
+
+def unchosen_copy(checkpoint, tmp_path):
+    """The fixture's checkpoint as ``t2arec run`` writes it when no step was significant on validation."""
+    import shutil
+
+    from t2arec.pipeline import store_align_in_checkpoint
+    from t2arec.serve import Recommender
+
+    copy = tmp_path / "unchosen"
+    shutil.copy(checkpoint, copy)
+    align = Recommender.load(checkpoint).config.align
+    store_align_in_checkpoint(copy, {**vars(align), "enabled": False})
+    return copy
+
+
+def test_no_step_chosen_means_no_step_unless_align_forces_it(tmp_path, checkpoint, recommender, data):
+    from t2arec.serve import Recommender
+
+    unchosen = unchosen_copy(checkpoint, tmp_path)
+    assert not Recommender.load(unchosen).aligns and Recommender.load(unchosen, align=True).aligns
+    users = list(range(6))
+    histories, now = write_requests(tmp_path / "in.jsonl", recommender, data, users)
+    outputs = {}
+    for flags in ((), ("--align",), ("--no-align",)):
+        result = runner.invoke(app, ["recommend", "--checkpoint", str(unchosen), "--input", str(tmp_path / "in.jsonl"),
+                                     "--k", "5", *flags])
+        assert result.exit_code == 0, result.output
+        outputs[flags] = [json.loads(line) for line in result.stdout.splitlines()]
+    expected = {flag: [{"id": f"u{u}", **r.to_dict()} for u, r in
+                       zip(users, recommender.recommend(histories, now, k=5, align=flag))] for flag in (True, False)}
+    assert outputs[()] == outputs[("--no-align",)] == expected[False]  # the checkpoint's choice: no step
+    assert outputs[("--align",)] == expected[True] != expected[False]  # forced: the stored step
+
+
+def test_serve_follows_the_checkpoints_choice_unless_told(monkeypatch, tmp_path, checkpoint):
+    import uvicorn
+
+    unchosen = unchosen_copy(checkpoint, tmp_path)
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda application, **kw: seen.update(app=application, **kw))
+    for flags, aligns in (((), False), (("--align",), True), (("--no-align",), False)):
+        result = runner.invoke(app, ["serve", "--checkpoint", str(unchosen), *flags])
+        assert result.exit_code == 0, result.output
+        assert seen["app"].state.recommender.aligns is aligns, flags
+    result = runner.invoke(app, ["serve", "--checkpoint", str(checkpoint), "--no-align"])
+    assert result.exit_code == 0 and seen["app"].state.recommender.aligns is False

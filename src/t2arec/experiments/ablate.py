@@ -12,8 +12,10 @@ the paper reproduces Mamba4Rec's numbers):
     w/o L_state (test)    the full model, test-time alignment on L_time only
 
 Test-time rows of the full model keep the step size it chose on validation, so they differ from
-"full" only by the dropped term. Rows trained anew choose their step size on validation for the loss
-they keep, as every trained model does.
+"full" only by the dropped term. When the full model chose no step (no validation gain was
+significant), there is no step to keep: those rows choose a step, or none, on validation for the
+loss they keep, with the same significance rule. Rows trained anew choose on validation, as every
+trained model does.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ def row_metrics(setup: Setup, row: AblationRow, seed: int, trained: dict[str, An
     align = build_config(setup, row.variant, seed).align
     align = dataclasses.replace(align, mu_time=align.mu_time if row.test_time == "time" else 0.0,
                                 mu_state=align.mu_state if row.test_time == "state" else 0.0)
-    if row.variant.overrides == ():  # the full model: same step, only the loss differs
+    if row.variant.overrides == () and trained["alignment"]["applied"]:  # same step, only the loss differs
         align = dataclasses.replace(align, lr=trained["alignment"]["lr"], lr_grid=())
     return ensure_variant(setup, row.variant, seed, f"only-{row.test_time}", align)["test"]
 
@@ -85,6 +87,7 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
     header = ["Row", "trained as", "test-time losses", *(metric_label(m) for m in summary["metrics"])]
     return (f"### {title}\n\nTest split, mean ± std over {seeds} seed(s) "
             f"({', '.join(map(str, summary['seeds']))}). Test-time losses: `trained` = both; `time`/`state` = "
-            "that loss only; `none` = no alignment. The step size is chosen on validation, except in the "
-            "test-time rows of the full model, which keep its step.\n\n"
+            "that loss only; `none` = no alignment. The step size (or no step, when no validation gain is "
+            "significant) is chosen on validation, except in the test-time rows of the full model, which "
+            "keep its step when it chose one.\n\n"
             + markdown_table(header, body) + "\n")

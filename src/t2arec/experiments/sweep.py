@@ -3,7 +3,8 @@
 Training (Figure 6): T2ARec trained with mu1 (L_time) or mu2 (L_state) over a grid, the other at its
 default; each model aligned at test time with the step it chose on validation.
 Test time (Figure 7): the default model's checkpoint aligned with mu1 or mu2 over a grid, the other
-at its default, with the step size the default model chose on validation (so only the weight moves).
+at its default, with the step size the default model chose on validation (so only the weight moves);
+when the default model chose no step, each point chooses a step, or none, on validation itself.
 """
 from __future__ import annotations
 
@@ -48,8 +49,10 @@ def test_sweep(setup: Setup, model: str, grid: Sequence[float]) -> dict[str, lis
         for value in grid:
             per_seed = []
             for seed in setup.seeds:
-                align = dataclasses.replace(build_config(setup, base, seed).align, lr_grid=(),
-                                            lr=runs[(base, seed)]["alignment"]["lr"], **{name: value})
+                align = dataclasses.replace(build_config(setup, base, seed).align, **{name: value})
+                trained = runs[(base, seed)]["alignment"]
+                if trained["applied"]:  # keep the default model's step: only the weight moves
+                    align = dataclasses.replace(align, lr_grid=(), lr=trained["lr"])
                 per_seed.append(ensure_variant(setup, base, seed, f"{name}={value:g}", align)["test"])
             out[name].append({"value": value, **_summary(per_seed)})
     return out

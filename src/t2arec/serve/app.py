@@ -141,7 +141,8 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
         model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [example]})
         users: list[UserHistory] = Field(min_length=1, max_length=settings.max_users)
         k: int = Field(10, ge=1, le=settings.max_k, strict=True)
-        align: StrictBool = Field(True, description="Run test-time alignment on the micro-batch.")
+        align: StrictBool = Field(True, description="Run test-time alignment on the micro-batch, when the model "
+                                  "aligns (GET /metadata: aligns; false when no step was chosen on validation).")
         exclude_seen: StrictBool = Field(False, description="Never recommend an item of the history.")
         strict: StrictBool = Field(False, description="Unknown item ids are an error instead of skipped.")
 

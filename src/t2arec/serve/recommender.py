@@ -5,7 +5,9 @@
 window cast to float32, 0 for the window's first interaction, ``now`` minus the last timestamp,
 left padding) and scores them with ``align.score_batch``, so one test-time alignment step runs over
 the whole batch, with the step size stored in the checkpoint, and the parameters are restored bit
-for bit afterwards. For the same inputs in the same batch its scores equal the evaluator's.
+for bit afterwards. For the same inputs in the same batch its scores equal the evaluator's. When no
+step was chosen on validation, the checkpoint's ``align.enabled`` is false and no step runs unless
+``Recommender.load(..., align=True)`` forces it.
 """
 from __future__ import annotations
 
@@ -155,10 +157,14 @@ class Recommender:
         self.model.eval()
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str = "cpu") -> "Recommender":
+    def load(cls, checkpoint: str | Path, device: str = "cpu", align: bool | None = None) -> "Recommender":
+        """``align``: None follows the checkpoint (no step when none was chosen on validation); True
+        forces its stored step ``align.lr``; False never aligns."""
         from t2arec.pipeline import load_model, resolve_device
 
         model, cfg, payload = load_model(checkpoint, device)
+        if align is not None:
+            cfg.align.enabled = align
         return cls(model, cfg, list(payload["item_ids"]), resolve_device(device))
 
     @property
