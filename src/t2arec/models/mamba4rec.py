@@ -19,18 +19,30 @@ The Mamba-1 mixer (Gu & Dao, 2023), with d_inner = expand * d and per-channel st
 Left padding is an exact no-op: the convolution input and x are zeroed at padding and Delta is
 forced to 0 there, so exp(Delta A) = 1 and nothing enters the state.
 
-The selective scan has two implementations that agree to rounding (tested in values and
+The selective scan has three implementations that agree to rounding (tested in values and
 gradients):
 
-- ``selective_scan_sequential``: the loop above, one step per position on (B, E, N) tensors.
+- ``selective_scan_kernel`` (``selective_scan_cpu.py``): a C++ kernel for the CPU, forward and
+  backward, compiled at first use. The loop over positions runs in C++, with the state of one
+  (sequence, channel) in registers; the backward recomputes states instead of storing them.
 - ``selective_scan_chunked``: inside chunks of Q positions, a parallel prefix scan by recursive
   doubling (log2 Q steps that multiply only decays <= 1, so nothing can overflow, unlike
   cumulative-sum forms that divide by decay products), then a short loop carries the state from
   chunk to chunk. Few, large operations, meant for accelerators (not benchmarked on one here).
+- ``selective_scan_sequential``: the recurrence as a Python loop, one step per position on
+  (B, E, N) tensors; the reference the other two are tested against.
 
-On CPU the loop is the faster one (its (B, E, N) steps stay in cache, while the parallel form
-makes several passes over (B, L, E, N) tensors: a training step at B = 64, L = 50, d = 64
-was about 6x slower on one thread here), so ``scan = "auto"`` picks the loop on CPU and the chunked scan elsewhere.
+``scan = "auto"`` takes the kernel on the CPU and the chunked scan elsewhere. On a CPU both
+PyTorch forms are slow at ML-1M shapes (B = 128, L = 200, E = 128, N = 32): the loop runs a dozen
+small operations at each of the 200 positions and autograd keeps their (B, E, N) results for the
+backward, and the chunked form makes several passes over (B, L, E, N) tensors of 420 MB each,
+bound by memory bandwidth (4-15x slower than the loop). When the
+kernel cannot be built (no C++ compiler or ninja), ``"auto"`` warns once and takes the chunked scan
+on the CPU too, so no training path loops over positions in Python; ``scan = "sequential"`` is
+there for tests and may be faster in that case.
+
+At test time (``score``) only the last position is needed: the scan still runs over all positions,
+but the last layer applies its gate, out-projection, norms and FFN to the last position only.
 """
 from __future__ import annotations
 
@@ -41,8 +53,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2arec.models.base import NextItemModel, init_normal_
+from t2arec.models import selective_scan_cpu
+from t2arec.models.base import NextItemModel, SeqBatch, init_normal_
 from t2arec.models.layers import FeedForward
+from t2arec.models.selective_scan_cpu import selective_scan_kernel
+
+
+SCANS = ("auto", "kernel", "chunked", "sequential")
 
 
 @dataclass
@@ -62,14 +79,16 @@ class Mamba4RecConfig:
     # "recbole": what the Mamba4Rec code ends up with, as its N(0, 0.02) re-initialisation of every
     # Linear also overwrites W_dt and zeroes b_dt (so Delta starts near softplus(0) = 0.69)
     dt_init: str = "mamba"
-    scan: str = "auto"  # "sequential", "chunked", or "auto": sequential on CPU, chunked elsewhere
+    # "kernel" (compiled, CPU only), "chunked", "sequential" (the reference loop), or "auto": the
+    # kernel on the CPU when it can be built, the chunked scan otherwise
+    scan: str = "auto"
     chunk_size: int = 16  # positions per chunk of the chunked scan
 
     def __post_init__(self) -> None:
         if self.dt_init not in ("mamba", "recbole"):
             raise ValueError(f"dt_init must be 'mamba' or 'recbole', not {self.dt_init!r}")
-        if self.scan not in ("auto", "sequential", "chunked"):
-            raise ValueError(f"scan must be 'auto', 'sequential' or 'chunked', not {self.scan!r}")
+        if self.scan not in SCANS:
+            raise ValueError(f"scan must be one of {', '.join(map(repr, SCANS))}, not {self.scan!r}")
         if self.chunk_size < 1:
             raise ValueError("chunk_size must be positive")
 
@@ -147,6 +166,21 @@ def selective_scan_chunked(
     return y[:, pad:]
 
 
+def selective_scan(x: Tensor, delta: Tensor, A: Tensor, b: Tensor, c: Tensor, scan: str = "auto",
+                   chunk_size: int = 16) -> Tensor:
+    """The scan chosen by ``scan`` (see ``Mamba4RecConfig.scan``); same contract as the three forms.
+
+    ``"auto"`` takes the kernel for CPU float32/float64 tensors when it can be built (the first call
+    builds it), and the chunked scan otherwise. ``"kernel"`` raises if the kernel is unavailable.
+    """
+    if scan == "sequential":
+        return selective_scan_sequential(x, delta, A, b, c)
+    if scan == "kernel" or (scan == "auto" and selective_scan_cpu.kernel_supports(x)
+                            and selective_scan_cpu.kernel_available()):
+        return selective_scan_kernel(x, delta, A, b, c)
+    return selective_scan_chunked(x, delta, A, b, c, chunk_size=chunk_size)
+
+
 # --- the model ----------------------------------------------------------------------------------
 class MambaMixer(nn.Module):
     """The Mamba-1 block: in-projection, causal conv, selective SSM, SiLU gate, out-projection."""
@@ -185,8 +219,12 @@ class MambaMixer(nn.Module):
     def A(self) -> Tensor:
         return -torch.exp(self.A_log)
 
-    def forward(self, u: Tensor, mask: Tensor) -> Tensor:
-        """u: (B, L, d), mask: (B, L) bool -> (B, L, d)."""
+    def forward(self, u: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+        """u: (B, L, d), mask: (B, L) bool -> (B, L, d), or (B, 1, d) for the last position with ``last_only``.
+
+        The scan runs over every position either way; ``last_only`` only saves the position-wise
+        work after it (skip term, gate, out-projection).
+        """
         cfg = self.cfg
         keep = mask.to(u.dtype)[..., None]
         x, z = self.in_proj(u).chunk(2, dim=-1)
@@ -196,10 +234,9 @@ class MambaMixer(nn.Module):
         x = F.silu(x) * keep
         dt, b, c = self.x_proj(x).split([cfg.delta_rank, cfg.state_size, cfg.state_size], dim=-1)
         delta = F.softplus(self.dt_proj(dt)) * keep  # Delta = 0 at padding: decay 1, no input
-        if cfg.scan == "sequential" or (cfg.scan == "auto" and x.device.type == "cpu"):
-            y = selective_scan_sequential(x, delta, self.A, b, c)
-        else:
-            y = selective_scan_chunked(x, delta, self.A, b, c, chunk_size=cfg.chunk_size)
+        y = selective_scan(x, delta, self.A, b, c, cfg.scan, cfg.chunk_size)
+        if last_only:
+            y, x, z = y[:, -1:], x[:, -1:], z[:, -1:]
         y = y + self.D * x
         return self.out_proj(y * F.silu(z))
 
@@ -213,9 +250,12 @@ class MambaLayer(nn.Module):
         self.ffn = FeedForward(cfg.hidden_size, cfg.dropout)
         self.residual = cfg.num_layers > 1  # a single Mamba layer has no residual connection
 
-    def forward(self, u: Tensor, mask: Tensor) -> Tensor:
-        mixed = self.dropout(self.mixer(u, mask))
-        return self.ffn(self.norm(mixed + u if self.residual else mixed))
+    def forward(self, u: Tensor, mask: Tensor, last_only: bool = False) -> Tensor:
+        """u: (B, L, d) -> (B, L, d), or (B, 1, d) for the last position only with ``last_only``."""
+        mixed = self.dropout(self.mixer(u, mask, last_only))
+        if self.residual:
+            mixed = mixed + (u[:, -1:] if last_only else u)
+        return self.ffn(self.norm(mixed))
 
 
 class Mamba4Rec(NextItemModel):
@@ -236,10 +276,17 @@ class Mamba4Rec(NextItemModel):
         for layer in self.layers:
             layer.mixer.reset_ssm_parameters()
 
-    def encode(self, items: Tensor) -> Tensor:
-        """items (B, L) -> outputs (B, L, d); position t sees items up to t only."""
+    def encode(self, items: Tensor, last_only: bool = False) -> Tensor:
+        """items (B, L) -> outputs (B, L, d); position t sees items up to t only.
+
+        With ``last_only`` the last layer computes the last position only: (B, 1, d). Earlier
+        layers still compute every position, as the next layer's scan reads all of them.
+        """
         mask = items > 0
         hidden = self.embed_norm(self.embed_dropout(self.item_embedding(items)))
-        for layer in self.layers:
-            hidden = layer(hidden, mask)
+        for depth, layer in enumerate(self.layers, start=1):
+            hidden = layer(hidden, mask, last_only=last_only and depth == len(self.layers))
         return hidden
+
+    def score(self, batch: SeqBatch) -> Tensor:
+        return self.item_scores(self.encode(batch.items, last_only=True)[:, -1])
