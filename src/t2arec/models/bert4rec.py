@@ -84,15 +84,22 @@ class BERT4Rec(SequentialRecommender):
         """Keep the last ``max_seq_length + 1`` tokens (the positional table's size)."""
         return tokens[:, -self.max_tokens :]
 
-    def encode(self, tokens: Tensor) -> Tensor:
-        """tokens (B, T) left-padded, T <= max_seq_length + 1 -> output transform o (B, T, d)."""
+    def encode(self, tokens: Tensor, last_only: bool = False) -> Tensor:
+        """tokens (B, T) left-padded, T <= max_seq_length + 1 -> output transform o (B, T, d).
+
+        With ``last_only`` the result is (B, 1, d), the last token's (the [mask] when scoring): the
+        final layer runs that one query over all keys, and its FFN and the output layer run there
+        only. The earlier layers are bidirectional and need every position.
+        """
         length = tokens.shape[1]
         positions = torch.arange(length - 1, -1, -1, device=tokens.device)  # the last token is position 0
         h = self.item_embedding(tokens) + self.position_embedding(positions)[None]
         h = self.embed_dropout(self.embed_norm(h))
         allowed = (tokens > 0)[:, None, None, :]  # bidirectional: every query sees every real token
-        for layer in self.layers:
-            h = layer(h, allowed)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, allowed, last_only=last_only and i == len(self.layers) - 1)
+        if last_only:
+            h = h[:, -1:]  # (a no-op after a last-only layer; needed with no layers)
         return self.output_norm(F.gelu(self.output_dense(h)))
 
     def item_scores(self, o: Tensor) -> Tensor:
@@ -134,4 +141,4 @@ class BERT4Rec(SequentialRecommender):
     def score(self, batch: SeqBatch) -> Tensor:
         mask_column = torch.full_like(batch.items[:, :1], self.mask_token)
         tokens = self.fit_length(torch.cat([batch.items, mask_column], dim=1))
-        return self.item_scores(self.encode(tokens)[:, -1])
+        return self.item_scores(self.encode(tokens, last_only=True)[:, -1])

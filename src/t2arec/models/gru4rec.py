@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from t2arec.models.base import NextItemModel
+from t2arec.models.base import NextItemModel, SeqBatch
 
 
 @dataclass
@@ -77,15 +77,28 @@ class GRU4Rec(NextItemModel):
             self.item_embedding.weight[0].zero_()
 
     # --- encoding -------------------------------------------------------------------------------
-    def encode(self, items: Tensor) -> Tensor:
-        """items (B, L) left-padded -> outputs (B, L, embedding_size); output i has seen items 1..i."""
+    def encode(self, items: Tensor, last_only: bool = False) -> Tensor:
+        """items (B, L) left-padded -> outputs (B, L, embedding_size); output i has seen items 1..i.
+
+        With ``last_only`` the result is (B, 1, embedding_size), the output of the last column: the
+        GRU still reads every item, but only its final state (returned per row by the packed GRU)
+        goes through the dense layer, and the outputs are neither unpacked nor shifted back.
+        """
         lengths = (items > 0).sum(dim=1)
         num_pad = items.shape[1] - lengths
         x = self.embed_dropout(self.item_embedding(items))
         x = roll_rows(x, num_pad)  # padding moved to the right
         # an all-padding row (length 0) is given length 1: it reads one zero embedding, no loss uses it
         packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        hidden, _ = self.gru(packed)
+        hidden, final = self.gru(packed)
+        # final[-1]: the top layer's state after each row's last real item, rows in input order. (An
+        # all-padding row's state stays 0: the GRU has no bias and reads a zero embedding, which is
+        # also what the unpacked output holds at its last column.)
+        if last_only:
+            return self.dense(final[-1])[:, None]
         hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=items.shape[1])
         hidden = roll_rows(hidden, -num_pad)  # back to the input columns
         return self.dense(hidden)
+
+    def score(self, batch: SeqBatch) -> Tensor:
+        return self.item_scores(self.encode(batch.items, last_only=True)[:, -1])

@@ -34,8 +34,12 @@ class SelfAttention(nn.Module):
         self.attn_dropout, self.out_dropout = nn.Dropout(attn_dropout), nn.Dropout(hidden_dropout)
         self.norm = nn.LayerNorm(d, eps=eps)
 
-    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
+    def forward(self, x: Tensor, allowed: Tensor, last_only: bool = False) -> Tensor:
         """x: (B, T, d); allowed: bool, broadcastable to (B, heads, T, T): query i may attend to key j.
+
+        Returns (B, T, d); with ``last_only`` (B, 1, d): only the last position queries (all T keys
+        and values are still projected), so the other positions' queries, logit rows, output
+        projection and norm are never computed.
 
         Every row must allow at least one key. Masked logits take the most negative finite value,
         so a masked key gets weight exactly 0 and nothing becomes NaN.
@@ -43,13 +47,16 @@ class SelfAttention(nn.Module):
         bsz, length, d = x.shape
         head = d // self.heads
 
-        def split(t: Tensor) -> Tensor:  # (B, T, d) -> (B, heads, T, head)
-            return t.view(bsz, length, self.heads, head).transpose(1, 2)
+        def split(t: Tensor) -> Tensor:  # (B, T', d) -> (B, heads, T', head)
+            return t.view(bsz, t.shape[1], self.heads, head).transpose(1, 2)
 
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        queries = x[:, -1:] if last_only else x  # the residual stream of the positions that query
+        if last_only:
+            allowed = allowed[..., -1:, :]  # the last query's row (a broadcast row of size 1 stays as is)
+        q, k, v = split(self.query(queries)), split(self.key(x)), split(self.value(x))
         logits = (q @ k.transpose(-1, -2) / math.sqrt(head)).masked_fill(~allowed, torch.finfo(x.dtype).min)
-        context = (self.attn_dropout(logits.softmax(dim=-1)) @ v).transpose(1, 2).reshape(bsz, length, d)
-        return self.norm(self.out_dropout(self.dense(context)) + x)
+        context = (self.attn_dropout(logits.softmax(dim=-1)) @ v).transpose(1, 2).reshape(bsz, queries.shape[1], d)
+        return self.norm(self.out_dropout(self.dense(context)) + queries)
 
 
 class TransformerLayer(nn.Module):
@@ -65,6 +72,8 @@ class TransformerLayer(nn.Module):
         self.dropout = nn.Dropout(hidden_dropout)
         self.norm = nn.LayerNorm(d, eps=eps)
 
-    def forward(self, x: Tensor, allowed: Tensor) -> Tensor:
-        a = self.attention(x, allowed)
+    def forward(self, x: Tensor, allowed: Tensor, last_only: bool = False) -> Tensor:
+        """x: (B, T, d), allowed as in ``SelfAttention`` -> (B, T, d); with ``last_only`` (B, 1, d),
+        the last position alone (what a final layer needs at scoring time)."""
+        a = self.attention(x, allowed, last_only)
         return self.norm(self.dropout(self.w2(self.activation(self.w1(a)))) + a)

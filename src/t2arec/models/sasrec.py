@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from t2arec.models.base import NextItemModel, init_normal_
+from t2arec.models.base import NextItemModel, SeqBatch, init_normal_
 from t2arec.models.layers import TransformerLayer
 
 
@@ -88,12 +88,20 @@ class SASRec(NextItemModel):
         itself = torch.eye(length, dtype=torch.bool, device=mask.device)
         return (causal & (mask[:, None, :] | itself))[:, None]
 
-    def encode(self, items: Tensor) -> Tensor:
-        """items (B, L) -> hidden states (B, L, d); state i has seen items 1..i."""
+    def encode(self, items: Tensor, last_only: bool = False) -> Tensor:
+        """items (B, L) -> hidden states (B, L, d); state i has seen items 1..i.
+
+        With ``last_only`` the result is (B, 1, d), the state of the last position: the final layer
+        then runs one query over all keys and its FFN at that position only (earlier layers still
+        need every position, as keys and values of the next layer).
+        """
         mask = items > 0
         x = self.item_embedding(items) + self.position_embedding(self.position_ids(mask))
         x = self.embed_dropout(self.embed_norm(x))
         allowed = self.attention_mask(mask)
-        for layer in self.layers:
-            x = layer(x, allowed)
-        return x
+        for i, layer in enumerate(self.layers):
+            x = layer(x, allowed, last_only=last_only and i == len(self.layers) - 1)
+        return x[:, -1:] if last_only else x  # (no layers: the embedding of the last position)
+
+    def score(self, batch: SeqBatch) -> Tensor:
+        return self.item_scores(self.encode(batch.items, last_only=True)[:, -1])

@@ -169,10 +169,12 @@ class TiSSD(nn.Module):
     def A(self) -> Tensor:
         return -torch.exp(self.A_log)
 
-    def forward(self, u: Tensor, tau: Tensor | None, mask: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, u: Tensor, tau: Tensor | None, mask: Tensor,
+                last_only: bool = False) -> tuple[Tensor, Tensor | None]:
         """u: (B, L, d), tau: (B, L, H) time features (0 at padding) or None, mask: (B, L) bool.
 
-        Returns W_out y (B, L, d) and the time features for the next layer.
+        Returns W_out y (B, L, d) and the time features for the next layer. With ``last_only`` the
+        scan still runs over every position, but the gated norm and W_out only at the last: (B, 1, d).
         """
         cfg = self.cfg
         batch, length, _ = u.shape
@@ -204,6 +206,8 @@ class TiSSD(nn.Module):
             y, _ = scan_chunked(x_in, log_decay, bh, ch, chunk_size=cfg.chunk_size)
         y = y.view(batch, h, length, p).permute(0, 2, 1, 3)  # (B, L, H, P)
         y = (y + self.D[:, None] * xh).reshape(batch, length, e)
+        if last_only:
+            y, z = y[:, -1:], z[:, -1:]
         return self.out_proj(self.norm(y, z)), next_tau
 
 
@@ -224,8 +228,13 @@ class TiSSDLayer(nn.Module):
         self.ffn.norm.eps = cfg.norm_eps
         self.residual = cfg.num_layers > 1  # a single layer has no residual connection
 
-    def forward(self, u: Tensor, tau: Tensor | None, mask: Tensor) -> tuple[Tensor, Tensor | None]:
-        mixed, tau = self.mixer(u, tau, mask)
+    def forward(self, u: Tensor, tau: Tensor | None, mask: Tensor,
+                last_only: bool = False) -> tuple[Tensor, Tensor | None]:
+        """u: (B, L, d) -> (B, L, d) and the next time features; with ``last_only`` (B, 1, d): what
+        follows the scan (norms, FFN) runs at the last position only."""
+        mixed, tau = self.mixer(u, tau, mask, last_only)
+        if last_only:
+            u = u[:, -1:]
         mixed = self.dropout(mixed)
         return self.ffn(self.norm(mixed + u if self.residual else mixed)), tau
 
@@ -258,8 +267,12 @@ class TiM4Rec(NextItemModel):
         tau = torch.log1p(gaps.to(dtype).clamp(min=0)) * mask.to(dtype)
         return self.time_dropout(tau)[..., None].expand(*tau.shape, self.cfg.num_heads)
 
-    def encode(self, items: Tensor, gaps: Tensor | None = None) -> Tensor:
-        """items, gaps (B, L) -> outputs (B, L, d); position t sees items and gaps up to t only."""
+    def encode(self, items: Tensor, gaps: Tensor | None = None, last_only: bool = False) -> Tensor:
+        """items, gaps (B, L) -> outputs (B, L, d); position t sees items and gaps up to t only.
+
+        With ``last_only`` the result is (B, 1, d), the last position's output: the final layer's
+        scan runs over all positions, what follows it at the last position only.
+        """
         mask = items > 0
         hidden = self.embed_norm(self.embed_dropout(self.item_embedding(items)))
         tau = None
@@ -267,9 +280,9 @@ class TiM4Rec(NextItemModel):
             if gaps is None:
                 raise ValueError("TiM4Rec with use_time needs the gaps")
             tau = self.time_features(gaps, mask, hidden.dtype)
-        for layer in self.layers:
-            hidden, tau = layer(hidden, tau, mask)
-        return hidden
+        for i, layer in enumerate(self.layers):
+            hidden, tau = layer(hidden, tau, mask, last_only=last_only and i == len(self.layers) - 1)
+        return hidden[:, -1:] if last_only else hidden
 
     def training_losses(self, batch: SeqBatch) -> dict[str, Tensor]:
         hidden = self.encode(batch.items, batch.gaps)
@@ -278,4 +291,4 @@ class TiM4Rec(NextItemModel):
         return {"rec": rec, "total": rec}
 
     def score(self, batch: SeqBatch) -> Tensor:
-        return self.item_scores(self.encode(batch.items, batch.gaps)[:, -1])
+        return self.item_scores(self.encode(batch.items, batch.gaps, last_only=True)[:, -1])

@@ -70,7 +70,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2arec.models.base import NextItemModel, init_normal_
+from t2arec.models.base import NextItemModel, SeqBatch, init_normal_
 
 
 @dataclass
@@ -193,6 +193,11 @@ def rotate_pairs(x: Tensor, positions: Tensor, theta: float) -> Tensor:
 
 
 # --- the model ----------------------------------------------------------------------------------
+def pick_columns(x: Tensor, pick: Tensor) -> Tensor:
+    """x: (B, L, d), pick: (B, 1) column indices -> (B, 1, d), x[b, pick[b]]."""
+    return x.gather(1, pick[..., None].expand(-1, -1, x.shape[-1]))
+
+
 class TTTLayer(nn.Module):
     """Multi-head TTT sequence mixer (TTT-Linear or TTT-MLP), then post-LayerNorm and output projection."""
 
@@ -235,8 +240,12 @@ class TTTLayer(nn.Module):
     def token_eta(self) -> Tensor:
         return torch.clamp_min(self.token_eta_base + self.token_eta_bias, 0.0)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x: (B, L, d) right-padded (real items first), mask: (B, L) bool -> (B, L, d)."""
+    def forward(self, x: Tensor, mask: Tensor, pick: Tensor | None = None) -> Tensor:
+        """x: (B, L, d) right-padded (real items first), mask: (B, L) bool -> (B, L, d).
+
+        With ``pick`` (B, 1) column indices the result is (B, 1, d), row b's output at column
+        pick[b]: the inner updates still run over every position, the post-norm and o_proj there only.
+        """
         cfg = self.cfg
         batch, length, _ = x.shape
         b = cfg.mini_batch_size
@@ -259,6 +268,8 @@ class TTTLayer(nn.Module):
         z = ttt_dual_form(q, k, v, lr, self.token_eta(), params, self.ttt_norm_weight, self.ttt_norm_bias,
                           cfg.norm_eps)
         z = z.transpose(1, 2).reshape(batch, total, cfg.hidden_size)[:, :length]
+        if pick is not None:
+            z = pick_columns(z, pick)
         return self.o_proj(self.post_norm(z))
 
 
@@ -283,8 +294,11 @@ class TTTBlock(nn.Module):
         self.ffn_norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
         self.ffn = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
 
-    def forward(self, h: Tensor, mask: Tensor) -> Tensor:
-        h = h + self.ttt(self.seq_norm(h), mask)
+    def forward(self, h: Tensor, mask: Tensor, pick: Tensor | None = None) -> Tensor:
+        """h: (B, L, d), mask: (B, L) -> (B, L, d); with ``pick`` (B, 1) column indices (B, 1, d),
+        the block's output at those columns (the FFN runs there only)."""
+        mixed = self.ttt(self.seq_norm(h), mask, pick)
+        h = (h if pick is None else pick_columns(h, pick)) + mixed
         return h + self.ffn(self.ffn_norm(h))
 
 
@@ -310,12 +324,14 @@ class TTT4Rec(NextItemModel):
             if isinstance(module, nn.RMSNorm):
                 nn.init.ones_(module.weight)
 
-    def encode(self, items: Tensor) -> Tensor:
+    def encode(self, items: Tensor, last_only: bool = False) -> Tensor:
         """items (B, L) left-padded -> outputs (B, L, d); position t sees items up to t only.
 
         Each row is rotated so that its real items start at column 0 (chunks and RoPE positions
         count from the first real item, as in the right-padded reference), then rotated back;
-        outputs at padding positions are 0.
+        outputs at padding positions are 0. With ``last_only`` the result is (B, 1, d), the output
+        of the last column: the last block's TTT runs over every position, its post-norm, o_proj and
+        FFN and the final norm only at each row's last real item.
         """
         batch, length = items.shape
         mask = items > 0
@@ -325,10 +341,19 @@ class TTT4Rec(NextItemModel):
         front_items = items.gather(1, to_front)
         front_mask = cols < (length - n_pad)
         hidden = self.embed_norm(self.embed_dropout(self.item_embedding(front_items)))
-        for layer in self.layers:
-            hidden = layer(hidden, front_mask)
+        # the last real item of a row, in the rotated columns (an all-padding row: any column, zeroed below)
+        last = (length - n_pad - 1).clamp(min=0) if last_only else None
+        for i, layer in enumerate(self.layers):
+            hidden = layer(hidden, front_mask, last if i == len(self.layers) - 1 else None)
+        if last_only and not self.layers:
+            hidden = pick_columns(hidden, last)
         hidden = self.final_norm(hidden)
+        if last_only:
+            return hidden * mask[:, -1:, None].to(hidden.dtype)
         back = ((cols - n_pad) % length)[..., None].expand(-1, -1, hidden.shape[-1])
         # padding positions would receive the outputs of the trailing inert tokens, which have seen
         # the whole row; they are set to 0 so that no output depends on a later item
         return hidden.gather(1, back) * mask[..., None].to(hidden.dtype)
+
+    def score(self, batch: SeqBatch) -> Tensor:
+        return self.item_scores(self.encode(batch.items, last_only=True)[:, -1])
