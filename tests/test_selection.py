@@ -213,3 +213,19 @@ def test_refresh_rewrites_the_checkpoints_choice(tiny_run, tmp_path):
     stored = load_checkpoint(run_dir / "checkpoint")["config"]["align"]
     assert not stored["enabled"] and stored["lr"] == refreshed["alignment"]["chosen"]["best_grid_lr"]
     assert json.loads((run_dir / "results.json").read_text())["alignment"] == refreshed["alignment"]
+
+
+def test_paired_test_over_users_counts_directions_and_is_two_sided():
+    from t2arec.evaluate import paired_test_over_users
+
+    plain = np.array([0, 0, 5, 20, 3, 3])  # 0-based ranks; 20 is outside the top 10
+    aligned = np.array([0, 1, 2, 20, 3, 30])
+    result = paired_test_over_users(aligned, plain)
+    assert (result["users_helped"], result["users_hurt"]) == (1, 2)
+    expected_gain = (1 / np.log2(3) - 1) + (1 / np.log2(4) - 1 / np.log2(7)) - 1 / np.log2(5)
+    assert np.isclose(result["ndcg_gain"], expected_gain / 6)
+    assert np.isclose(result["p_value"], 1.0)  # 1 of 3 changed users helped: no direction stands out
+    many = paired_test_over_users(np.zeros(30, dtype=int), np.full(30, 50))
+    assert many["users_helped"] == 30 and many["p_value"] < 1e-8
+    swapped = paired_test_over_users(np.full(30, 50), np.zeros(30, dtype=int))
+    assert np.isclose(swapped["p_value"], many["p_value"])  # two-sided: the same evidence either way

@@ -248,7 +248,10 @@ def evaluate_variant(run_dir: str | Path, align: AlignConfig, device: str = "cpu
     return {"model": cfg.model_name, "seed": cfg.seed, "checkpoint": str(Path(run_dir) / "checkpoint"),
             "valid": (valid_ev.aligned or valid_ev.unaligned).metrics, "valid_no_tta": valid_ev.unaligned.metrics,
             **results_block(test_ev, used, choice.to_dict()), "alignment_selection": choice.rows,
-            "align_used": json.loads(json.dumps(dataclasses.asdict(used)))}
+            "align_used": json.loads(json.dumps(dataclasses.asdict(used))),
+            # per test user, so that a variant can be compared with another on the same users
+            "test_ranks": (test_ev.aligned or test_ev.unaligned).ranks.tolist(),
+            "test_no_tta_ranks": test_ev.unaligned.ranks.tolist()}
 
 
 def store_align_in_checkpoint(checkpoint: str | Path, align: dict[str, Any]) -> None:

@@ -76,7 +76,14 @@ def test_ablate_has_the_seven_rows_of_table_3(out):
     assert rows["T2ARec (full)"]["trained"] == rows["w/o test-time L_time"]["trained"] == "t2arec"
     variant = json.loads((out / "runs" / "t2arec" / "seed-1" / "variants" / "only-state.json").read_text())
     assert variant["align_config"]["mu_time"] == 0.0 and variant["align_config"]["lr_grid"] == []
-    assert (out / "ablate.md").read_text().count("\n| ") == 8  # header + 7 rows
+    paired = json.loads((out / "ablate.json").read_text())["paired"]["1"]
+    assert set(paired["rows"]) == {"both", "state", "time"}  # the step on the same checkpoint, per loss set
+    for row in paired["rows"].values():
+        assert 0.0 <= row["p_value"] <= 1.0
+        assert row["test_no_tta"] == json.loads((out / "runs" / "t2arec" / "seed-1" / "results.json").read_text())[
+            "test_no_tta"]
+    text = (out / "ablate.md").read_text()
+    assert text.count("\n| ") == 8 + 4  # header + 7 rows, then header + 3 paired rows
 
 
 def test_sweep_draws_figures_6_and_7(out, figures):

@@ -23,6 +23,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from t2arec.evaluate import paired_test_over_users
 from t2arec.experiments.report import fmt_mean_std, markdown_table, mean_std, metric_label
 from t2arec.experiments.store import METRICS, Setup, Variant, build_config, ensure_runs, ensure_variant, write_text
 from t2arec.pipeline import write_json
@@ -62,6 +65,33 @@ def row_metrics(setup: Setup, row: AblationRow, seed: int, trained: dict[str, An
     return ensure_variant(setup, row.variant, seed, f"only-{row.test_time}", align)["test"]
 
 
+def paired_step_tests(setup: Setup, full: Variant, trained: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """The test-time rows of the full model as a paired comparison over test users.
+
+    Seeds compare whole trainings and move NDCG@10 by more than a test-time step does; a step taken on
+    the same checkpoint can be compared user by user. For each loss set (both, L_state only, L_time
+    only), the checkpoint is evaluated with the step it chose on validation or, when it chose none, with
+    its best validation grid step forced, against no step; the sign test is two-sided.
+    """
+    out: dict[str, Any] = {}
+    for seed, run in trained.items():
+        chosen = run["alignment"].get("chosen") or {}
+        step = run["alignment"]["lr"] if run["alignment"]["applied"] else chosen.get("best_grid_lr")
+        if step is None:
+            continue
+        base = dataclasses.replace(build_config(setup, full, seed).align, enabled=True, lr=step, lr_grid=())
+        rows = {}
+        for losses, mu_time, mu_state in (("both", base.mu_time, base.mu_state), ("state", 0.0, base.mu_state),
+                                          ("time", base.mu_time, 0.0)):
+            align = dataclasses.replace(base, mu_time=mu_time, mu_state=mu_state)
+            variant = ensure_variant(setup, full, seed, f"forced-{losses}", align)
+            rows[losses] = {**paired_test_over_users(np.asarray(variant["test_ranks"]),
+                                                     np.asarray(variant["test_no_tta_ranks"])),
+                            "test": variant["test"], "test_no_tta": variant["test_no_tta"]}
+        out[str(seed)] = {"step": step, "chosen_on_validation": bool(run["alignment"]["applied"]), "rows": rows}
+    return out
+
+
 def ablate(setup: Setup, model: str = "t2arec", title: str = "Ablation (Table 3)") -> dict[str, Any]:
     """Train (or reuse) the ablation models; write ablate.json and ablate.md into ``setup.out``."""
     rows = ablation_rows(model)
@@ -73,7 +103,8 @@ def ablate(setup: Setup, model: str = "t2arec", title: str = "Ablation (Table 3)
         table[row.name] = {"trained": row.variant.label, "test_time": row.test_time,
                            **{m: dict(zip(("mean", "std"), mean_std([r[m] for r in per_seed])),
                                       values=[r[m] for r in per_seed]) for m in METRICS}}
-    summary = {"seeds": setup.seeds, "metrics": list(METRICS), "rows": table}
+    summary = {"seeds": setup.seeds, "metrics": list(METRICS), "rows": table,
+               "paired": paired_step_tests(setup, Variant(model), {s: runs[(Variant(model), s)] for s in setup.seeds})}
     write_json(setup.out / "ablate.json", summary)
     write_text(setup.out / "ablate.md", to_markdown(summary, title))
     return summary
@@ -90,4 +121,20 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
             "that loss only; `none` = no alignment. The step size (or no step, when no validation gain is "
             "significant) is chosen on validation, except in the test-time rows of the full model, which "
             "keep its step when it chose one.\n\n"
-            + markdown_table(header, body) + "\n")
+            + markdown_table(header, body) + "\n" + paired_markdown(summary.get("paired", {})))
+
+
+def paired_markdown(paired: dict[str, Any]) -> str:
+    if not paired:
+        return ""
+    body = []
+    for seed, entry in paired.items():
+        how = "chosen on validation" if entry["chosen_on_validation"] else "not chosen on validation; forced"
+        for losses, row in entry["rows"].items():
+            body.append([seed, f"{entry['step']:g} ({how})", losses, f"{row['test_no_tta']['ndcg@10']:.4f}",
+                         f"{row['test']['ndcg@10']:.4f}", f"{row['ndcg_gain']:+.5f}",
+                         f"{row['users_helped']} / {row['users_hurt']}", f"{row['p_value']:.3g}"])
+    return ("\nThe test-time step on the same checkpoint, paired over test users (two-sided exact sign test on "
+            "the users whose NDCG@10 changed):\n\n"
+            + markdown_table(["seed", "step", "test-time losses", "NDCG@10 no step", "NDCG@10 with step",
+                              "mean gain", "users helped / hurt", "p"], body) + "\n")
