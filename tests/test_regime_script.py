@@ -1,0 +1,42 @@
+"""benchmarks/regime.py end to end on a tiny file: runs, tables, replayed patience and subsampling."""
+import importlib.util
+import sys
+from pathlib import Path
+
+from t2arec.data.synthetic import make_synthetic
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "regime.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("regime_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_replay_stops_where_a_shorter_patience_would_have():
+    regime = load_script()
+    history = [{"step": 10, "valid_ndcg@10": 0.1}, {"step": 20}, {"step": 30, "valid_ndcg@10": 0.3},
+               {"step": 40, "valid_ndcg@10": 0.2}, {"step": 50, "valid_ndcg@10": 0.5}]
+    assert regime.replay(history, 10) == (0.3, 30, 40)
+    assert regime.replay(history, 20) == (0.5, 50, 50)
+
+
+def test_the_study_runs_its_variants_and_writes_the_tables(tmp_path, monkeypatch):
+    regime = load_script()
+    frame = make_synthetic(num_users=50, num_items=30, seed=1).frame
+    data = tmp_path / "tiny.inter"
+    data.write_text("user_id:token\titem_id:token\ttimestamp:float\n"
+                    + "".join(f"{u}\t{i}\t{t:.0f}\n" for u, i, t in frame.iter_rows()))
+    out = tmp_path / "study"
+    monkeypatch.setattr(sys, "argv", ["regime.py", "--data", str(data), "--max-len", "10", "--seeds", "1",
+                                      "--variants", "gru4rec:train.stride_fraction=0.5", "gru4rec",
+                                      "--eval-steps", "1", "--patience-steps", "3", "--patience-grid", "1", "3",
+                                      "--subsample-users", "40", "--overrides", "train.epochs=3", "--out", str(out),
+                                      "--quiet"])
+    regime.main()
+    text = (out / "regime.md").read_text()
+    assert "| gru4rec | train.stride_fraction=0.5 |" in text and "| gru4rec | defaults |" in text
+    assert text.count("| gru4rec+train.stride_fraction=0.5 |") == 2 and "| gru4rec | 3 |" in text  # replayed rows
+    assert len(list((out / "data").glob("*.inter"))) == 1  # the subsampled copy, outside the repository
