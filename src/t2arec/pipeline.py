@@ -118,6 +118,16 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 TRAIN_STATE = "train_state.pt"
 
 
+def training_fingerprint(cfg: RunConfig, data: SequenceData) -> dict[str, Any]:
+    """What a resumed training must share with the interrupted one: everything that shapes training
+    (model, data, training settings, seed, device), not the test-time alignment chosen after it
+    (unless validation itself aligns)."""
+    config = cfg.to_dict()
+    if not cfg.train.validate_aligned:
+        config.pop("align")
+    return json.loads(json.dumps({"config": config, "dataset": data.report.to_dict()}, default=str))
+
+
 def run(cfg: RunConfig, out_dir: str | Path, progress: bool = True,
         on_data: Callable[[SequenceData], None] | None = None) -> dict[str, Any]:
     """Train and evaluate one model; write ``out_dir/results.json`` and ``out_dir/checkpoint``.
@@ -139,7 +149,7 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = True,
 
     seed_everything(cfg.seed)
     model = build_model(cfg, data.num_items).to(device)
-    fingerprint = json.loads(json.dumps({"config": cfg.to_dict(), "dataset": data.report.to_dict()}, default=str))
+    fingerprint = training_fingerprint(cfg, data)
     state_path = out_dir / TRAIN_STATE
     trained = train(model, windows, valid, cfg.train, cfg.align, seed=cfg.seed, device=device, progress=progress,
                     state_path=state_path, fingerprint=fingerprint)
@@ -276,7 +286,8 @@ def refresh_evaluation(run_dir: str | Path, device: str = "cpu") -> dict[str, An
     fresh = evaluate_variant(run_dir, align, device)
     for key in ("valid", "valid_no_tta", "test", "test_no_tta", "segments", "alignment", "alignment_selection"):
         results[key] = fresh[key]
-    results["config"]["align"]["lr"] = fresh["align_used"]["lr"]
+    # the whole current [align] section: fields added since the run (at their defaults) are recorded too
+    results["config"]["align"] = {**json.loads(json.dumps(dataclasses.asdict(align))), "lr": fresh["align_used"]["lr"]}
     store_align_in_checkpoint(run_dir / "checkpoint", {**fresh["align_used"], "lr_grid": align.lr_grid})
     write_json(run_dir / "results.json", results)
     return results
