@@ -42,7 +42,7 @@ class TrainConfig:
     because an epoch's size depends on the windowing and the dataset (docs/models.md, "Training regime")."""
 
     epochs: int = 1000  # cap on passes over the training windows (patience normally stops much earlier)
-    batch_size: int = 128
+    batch_size: int = 32  # windows per step; chosen on ML-1M validation (docs/ml1m_regime.md)
     lr: float = 1e-3  # constant: no schedule
     weight_decay: float = 0.0
     eval_steps: int = 200  # validate after the epoch in which the step count passes a multiple of this

@@ -60,6 +60,12 @@ def test_compare_writes_table_2_with_mean_std_and_a_no_tta_row(out):
     markdown = (out / "compare.md").read_text()
     assert "| Model | Recall@10 | MRR@10 | NDCG@10 |" in markdown and "**" in markdown and "<u>" in markdown
     assert "±" in text
+    # the training cost of each run, from its results.json
+    run = json.loads((out / "runs" / "sasrec" / "seed-2" / "results.json").read_text())
+    training = summary["training"]["sasrec"]
+    assert training["steps"][1] == run["steps"] > 0 and training["train_seconds"][1] == run["train_seconds"] > 0
+    assert training["best_step"][1] == run["best_step"]
+    assert "| Model | minutes | steps | best step | step applied |" in markdown
 
 
 def test_compare_reuses_finished_runs(out):

@@ -15,17 +15,48 @@ from t2arec.pipeline import write_json
 SIGNIFICANCE = 0.05
 
 
-def collect_rows(setup: Setup, models: list[str], desc: str = "compare") -> dict[str, list[dict[str, float]]]:
-    """Row name -> test metrics per seed (in ``setup.seeds`` order)."""
+def collect_runs(setup: Setup, models: list[str], desc: str = "compare") -> dict[str, list[dict[str, Any]]]:
+    """Model -> the results.json of each seed's run (in ``setup.seeds`` order), trained when missing."""
     variants = [Variant(m) for m in models]
     runs = ensure_runs(setup, variants, desc)
+    return {v.model: [runs[(v, s)] for s in setup.seeds] for v in variants}
+
+
+def test_rows(runs: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, float]]]:
+    """Row name -> test metrics per seed; a model whose alignment step was applied also gets a
+    "(no TTA)" row from the same checkpoints."""
     rows: dict[str, list[dict[str, float]]] = {}
-    for variant in variants:
-        per_seed = [runs[(variant, s)] for s in setup.seeds]
-        rows[variant.model] = [r["test"] for r in per_seed]
+    for model, per_seed in runs.items():
+        rows[model] = [r["test"] for r in per_seed]
         if any(r["alignment"]["applied"] for r in per_seed):
-            rows[f"{variant.model} (no TTA)"] = [r["test_no_tta"] for r in per_seed]
+            rows[f"{model} (no TTA)"] = [r["test_no_tta"] for r in per_seed]
     return rows
+
+
+def collect_rows(setup: Setup, models: list[str], desc: str = "compare") -> dict[str, list[dict[str, float]]]:
+    """Row name -> test metrics per seed (in ``setup.seeds`` order)."""
+    return test_rows(collect_runs(setup, models, desc))
+
+
+def training_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Per model: training time, optimiser steps, the step of the best validation, and whether the
+    test-time step was applied, each per seed (older results without these fields give None)."""
+    return {model: {"train_seconds": [r.get("train_seconds") for r in per_seed],
+                     "steps": [r.get("steps") for r in per_seed],
+                     "best_step": [r.get("best_step") for r in per_seed],
+                     "alignment_applied": [bool(r.get("alignment", {}).get("applied")) for r in per_seed]}
+            for model, per_seed in runs.items()}
+
+
+def training_markdown(training: dict[str, dict[str, Any]]) -> str:
+    """The training cost of each model's runs (wall-clock on this machine), one cell per seed."""
+    def cells(values: list[Any], unit: float = 1.0, digits: int = 0) -> str:
+        return ", ".join("-" if v is None else f"{v / unit:.{digits}f}" for v in values)
+    body = [[model, cells(t["train_seconds"], 60.0, 1), cells(t["steps"]), cells(t["best_step"]),
+             ", ".join("yes" if a else "no" for a in t["alignment_applied"])] for model, t in training.items()]
+    return ("Training per run (one cell per seed): wall-clock minutes of training and validation, "
+            "optimiser steps, the step of the best validation, and whether a test-time step was applied.\n\n"
+            + markdown_table(["Model", "minutes", "steps", "best step", "step applied"], body) + "\n")
 
 
 def rank_metric(rows: dict[str, list[dict[str, float]]], metric: str) -> dict[str, Any]:
@@ -79,7 +110,9 @@ def to_markdown(summary: dict[str, Any], title: str) -> str:
 def compare(setup: Setup, models: list[str], title: str = "Overall performance (Table 2)",
             name: str = "compare") -> dict[str, Any]:
     """Train (or reuse) every model for every seed; write ``name``.json and ``name``.md into ``setup.out``."""
-    summary = summarise(collect_rows(setup, models), setup.seeds)
+    runs = collect_runs(setup, models)
+    summary = summarise(test_rows(runs), setup.seeds)
+    summary["training"] = training_summary(runs)
     write_json(setup.out / f"{name}.json", summary)
-    write_text(setup.out / f"{name}.md", to_markdown(summary, title))
+    write_text(setup.out / f"{name}.md", to_markdown(summary, title) + "\n" + training_markdown(summary["training"]))
     return summary

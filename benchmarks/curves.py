@@ -1,0 +1,87 @@
+"""Validation curves of training runs, finished or not, side by side.
+
+    python benchmarks/curves.py RUN_DIR [RUN_DIR ...] [--every 5] [--plot curves.png]
+
+Each RUN_DIR is a `t2arec run --out` folder: the history comes from its results.json when the run has
+finished, else from the train_state.pt it writes after every epoch (a run stopped early still has
+one). Prints a markdown table of validation NDCG@10 by epoch (one column per run) and, per run, the
+best validation, its step and the training seconds so far; `--plot` also draws the curves against
+optimiser steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METRIC = "valid_ndcg@10"
+
+
+def load_progress(run_dir: Path) -> dict[str, Any]:
+    """The run's progress: history (one record per epoch), best score and step, seconds."""
+    results = run_dir / "results.json"
+    if results.exists():
+        stored = json.loads(results.read_text())
+        return {"history": stored["history"], "best_score": stored["valid"]["ndcg@10"],
+                "best_step": stored.get("best_step"), "seconds": stored.get("train_seconds", 0.0),
+                "finished": True}
+    state = run_dir / "train_state.pt"
+    if not state.exists():
+        raise SystemExit(f"{run_dir}: neither results.json nor train_state.pt")
+    progress = torch.load(state, map_location="cpu", weights_only=True)["progress"]
+    return {**progress, "finished": False}
+
+
+def curve_table(runs: dict[str, dict[str, Any]], every: int) -> str:
+    """Validation NDCG@10 at every ``every``-th epoch that validated (and the last), one column per run."""
+    by_run = {name: {r["epoch"]: r[METRIC] for r in p["history"] if METRIC in r} for name, p in runs.items()}
+    epochs = sorted({e for values in by_run.values() for e in values})
+    shown = [e for e in epochs if e % every == 0 or e == epochs[-1]]
+    lines = ["| epoch | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
+    for epoch in shown:
+        cells = [f"{by_run[name][epoch]:.4f}" if epoch in by_run[name] else "" for name in runs]
+        lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def summary_table(runs: dict[str, dict[str, Any]]) -> str:
+    lines = ["| run | epochs | steps | best valid NDCG@10 | at step | training s | finished |", "|---" * 7 + "|"]
+    for name, p in runs.items():
+        last = p["history"][-1]
+        lines.append(f"| {name} | {last['epoch']} | {last['step']} | {p['best_score']:.4f} | {p['best_step']} | "
+                     f"{p['seconds']:.0f} | {'yes' if p['finished'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, p in runs.items():
+        points = [(r["step"], r[METRIC]) for r in p["history"] if METRIC in r]
+        ax.plot(*zip(*points), label=name)
+    ax.set_xlabel("optimiser steps")
+    ax.set_ylabel("validation NDCG@10")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--every", type=int, default=5, help="show every n-th epoch")
+    parser.add_argument("--plot", type=Path, default=None)
+    args = parser.parse_args()
+    runs = {str(d): load_progress(d) for d in args.runs}
+    print(summary_table(runs) + "\n\n" + curve_table(runs, args.every))
+    if args.plot:
+        plot(runs, args.plot)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Seconds per optimiser step by training batch size, on ML-1M's windows (length 200).
+
+    python benchmarks/step_time.py [--model t2arec] [--sizes 16,32,64,128] [--data ../shared/data/ml-1m.inter]
+
+Prints, per batch size, the median step time over 5 steps after 3 warm-up steps, and the pass over
+all windows that it implies (windows / batch x step).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import make_model, ml1m  # noqa: E402
+
+from t2arec.data.batching import training_windows  # noqa: E402
+from t2arec.runtime import keep_freed_memory  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="t2arec")
+    parser.add_argument("--sizes", default="16,32,64,128")
+    parser.add_argument("--data", default="../shared/data/ml-1m.inter")
+    parser.add_argument("--max-len", type=int, default=200)
+    args = parser.parse_args()
+    keep_freed_memory()
+    data = ml1m(args.data)
+    windows = training_windows(data, args.max_len, args.max_len)
+    print(f"{len(windows)} windows of length {args.max_len}")
+    for size in (int(s) for s in args.sizes.split(",")):
+        model, cfg = make_model(args.model, data, args.max_len)
+        optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+        rng = np.random.default_rng(0)
+        model.train()
+        times = []
+        for _ in range(8):
+            batch = windows.batch(rng.choice(len(windows), size, replace=False))
+            start = time.perf_counter()
+            losses = model.training_losses(batch)
+            optimizer.zero_grad()
+            losses["total"].backward()
+            optimizer.step()
+            times.append(time.perf_counter() - start)
+        step = statistics.median(times[3:])
+        print(f"batch {size}: {step:.3f} s per step, {step * len(windows) / size:.1f} s per pass", flush=True)
+
+
+if __name__ == "__main__":
+    main()

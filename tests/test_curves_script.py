@@ -1,0 +1,50 @@
+"""benchmarks/curves.py on a finished run and on one stopped mid-training (train_state.pt only)."""
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "curves.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("curves_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def history(scores):
+    return [{"epoch": e, "step": 10 * e, **({"valid_ndcg@10": s} if s is not None else {})}
+            for e, s in enumerate(scores, start=1)]
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    finished, stopped = tmp_path / "finished", tmp_path / "stopped"
+    finished.mkdir(), stopped.mkdir()
+    (finished / "results.json").write_text(json.dumps(
+        {"history": history([0.1, None, 0.3]), "valid": {"ndcg@10": 0.3}, "best_step": 30, "train_seconds": 12.0}))
+    progress = {"history": history([0.05, 0.2]), "best_score": 0.2, "best_step": 20, "seconds": 5.0}
+    torch.save({"progress": progress}, stopped / "train_state.pt")
+    return finished, stopped
+
+
+def test_tables_read_finished_and_stopped_runs(runs, tmp_path):
+    curves = load_script()
+    loaded = {str(d): curves.load_progress(d) for d in runs}
+    summary = curves.summary_table(loaded)
+    assert f"| {runs[0]} | 3 | 30 | 0.3000 | 30 | 12 | yes |" in summary
+    assert f"| {runs[1]} | 2 | 20 | 0.2000 | 20 | 5 | no |" in summary
+    table = curves.curve_table(loaded, every=1)
+    assert "| 1 | 0.1000 | 0.0500 |" in table and "| 2 |  | 0.2000 |" in table and "| 3 | 0.3000 |  |" in table
+    curves.plot(loaded, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").stat().st_size > 0
+
+
+def test_a_folder_without_a_run_is_an_error(tmp_path):
+    with pytest.raises(SystemExit, match="neither results.json nor train_state.pt"):
+        load_script().load_progress(tmp_path)
