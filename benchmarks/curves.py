@@ -36,13 +36,17 @@ def load_progress(run_dir: Path) -> dict[str, Any]:
 
 
 def curve_table(runs: dict[str, dict[str, Any]], every: int) -> str:
-    """Validation NDCG@10 at every ``every``-th epoch that validated (and the last), one column per run."""
+    """Validation NDCG@10 at every ``every``-th epoch (and the last), one column per run. A run that
+    validated at other epochs shows its last validation within the ``every`` epochs before."""
     by_run = {name: {r["epoch"]: r[METRIC] for r in p["history"] if METRIC in r} for name, p in runs.items()}
-    epochs = sorted({e for values in by_run.values() for e in values})
-    shown = [e for e in epochs if e % every == 0 or e == epochs[-1]]
+    last = max(e for values in by_run.values() for e in values)
+    shown = [e for e in range(every, last + 1, every)] + ([last] if last % every else [])
     lines = ["| epoch | " + " | ".join(runs) + " |", "|---" * (len(runs) + 1) + "|"]
     for epoch in shown:
-        cells = [f"{by_run[name][epoch]:.4f}" if epoch in by_run[name] else "" for name in runs]
+        cells = []
+        for name in runs:
+            recent = [e for e in by_run[name] if epoch - every < e <= epoch]
+            cells.append(f"{by_run[name][max(recent)]:.4f}" if recent else "")
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

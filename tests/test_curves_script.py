@@ -41,6 +41,8 @@ def test_tables_read_finished_and_stopped_runs(runs, tmp_path):
     assert f"| {runs[1]} | 2 | 20 | 0.2000 | 20 | 5 | no |" in summary
     table = curves.curve_table(loaded, every=1)
     assert "| 1 | 0.1000 | 0.0500 |" in table and "| 2 |  | 0.2000 |" in table and "| 3 | 0.3000 |  |" in table
+    # every 2nd epoch: a row shows the last validation of the 2 epochs up to it; the last epoch (3) is added
+    assert curves.curve_table(loaded, every=2).splitlines()[2:] == ["| 2 | 0.1000 | 0.2000 |", "| 3 | 0.3000 | 0.2000 |"]
     curves.plot(loaded, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
 
