@@ -1,20 +1,17 @@
 """benchmarks/bench.py end to end on tiny data: every figure is there and makes sense."""
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 from t2arec.data.prepare import prepare
 from t2arec.data.synthetic import make_synthetic
 from t2arec.models import MODEL_NAMES
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+from tests.benchmark_scripts import load_benchmark
+
 
 
 def test_the_benchmark_prints_every_figure(tmp_path, monkeypatch, capsys):
-    spec = importlib.util.spec_from_file_location("bench_script", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench")
     tiny = prepare(make_synthetic(num_users=40, num_items=30, mean_length=12, seed=0), name="tiny")
     monkeypatch.setattr(bench, "ml1m_like", lambda: tiny)
     monkeypatch.setattr(bench, "ml100k", lambda path: tiny)

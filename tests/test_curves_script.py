@@ -1,20 +1,10 @@
 """benchmarks/curves.py on a finished run and on one stopped mid-training (train_state.pt only)."""
-import importlib.util
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "curves.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("curves_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmark_scripts import load_benchmark
 
 
 def history(scores):
@@ -34,7 +24,7 @@ def runs(tmp_path):
 
 
 def test_tables_read_finished_and_stopped_runs(runs, tmp_path):
-    curves = load_script()
+    curves = load_benchmark("curves")
     loaded = {str(d): curves.load_progress(d) for d in runs}
     summary = curves.summary_table(loaded)
     assert f"| {runs[0]} | 3 | 30 | 0.3000 | 30 | 12 | yes |" in summary
@@ -49,4 +39,4 @@ def test_tables_read_finished_and_stopped_runs(runs, tmp_path):
 
 def test_a_folder_without_a_run_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="neither results.json nor train_state.pt"):
-        load_script().load_progress(tmp_path)
+        load_benchmark("curves").load_progress(tmp_path)

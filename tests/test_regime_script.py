@@ -1,22 +1,13 @@
 """benchmarks/regime.py end to end on a tiny file: runs, tables, replayed patience and subsampling."""
-import importlib.util
 import sys
-from pathlib import Path
 
 from t2arec.data.synthetic import make_synthetic
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "regime.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("regime_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.benchmark_scripts import load_benchmark
 
 
 def test_replay_stops_where_a_shorter_patience_would_have():
-    regime = load_script()
+    regime = load_benchmark("regime")
     history = [{"step": 10, "valid_ndcg@10": 0.1}, {"step": 20}, {"step": 30, "valid_ndcg@10": 0.3},
                {"step": 40, "valid_ndcg@10": 0.2}, {"step": 50, "valid_ndcg@10": 0.5}]
     assert regime.replay(history, 10) == (0.3, 30, 40)
@@ -24,7 +15,7 @@ def test_replay_stops_where_a_shorter_patience_would_have():
 
 
 def test_the_study_runs_its_variants_and_writes_the_tables(tmp_path, monkeypatch):
-    regime = load_script()
+    regime = load_benchmark("regime")
     frame = make_synthetic(num_users=50, num_items=30, seed=1).frame
     data = tmp_path / "tiny.inter"
     data.write_text("user_id:token\titem_id:token\ttimestamp:float\n"

@@ -1,19 +1,16 @@
 """benchmarks/results.py end to end on a tiny dataset: it must keep working with the library."""
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "results.py"
+from tests.benchmark_scripts import load_benchmark
+
 TINY = ["data.synthetic_users=80", "data.synthetic_items=50", "train.epochs=1", "data.max_len=20"]
 
 
 @pytest.fixture
 def results_module(monkeypatch):
-    spec = importlib.util.spec_from_file_location("results_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("results")
     for name, (title, _) in list(module.DATASETS.items()):
         monkeypatch.setitem(module.DATASETS, name, (title, TINY))  # every dataset becomes tiny synthetic data
     return module
