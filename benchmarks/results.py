@@ -3,7 +3,7 @@ dataset without and with shift, MovieLens-1M and Amazon Prime Pantry, by calling
 commands' functions.
 
     python benchmarks/results.py --datasets ml-100k --out runs/results --docs docs
-    python benchmarks/results.py --datasets ml-1m --out experiments/results --steps compare segments ablate throughput
+    python benchmarks/results.py --datasets ml-1m --out experiments/results --steps compare paired segments ablate throughput
 
 Runs already finished in ``--out`` are reused, so an interrupted generation resumes. Each dataset's
 tables and plots are copied into ``docs/results/<dataset>/`` with the command that made them
@@ -27,7 +27,9 @@ import torch
 
 from t2arec.experiments import Setup, ablate, compare, segments, sweep, throughput
 from t2arec.experiments.report import markdown_table
+from t2arec.experiments.ablate import paired_markdown, paired_step_tests
 from t2arec.experiments.store import Variant, run_dir, write_text
+from t2arec.pipeline import write_json
 from t2arec.runtime import keep_freed_memory
 
 DATASETS = {
@@ -66,11 +68,11 @@ PAPER_TABLE4 = {"ml-1m": {"sasrec": 1.56, "mamba4rec": 2.82, "tim4rec": 2.16, "t
                 "amazon-pantry": {"sasrec": 2.26, "mamba4rec": 3.11, "tim4rec": 2.64, "ttt4rec": 1.74, "t2arec": 2.05}}
 ALL_MODELS = ["caser", "gru4rec", "bert4rec", "sasrec", "mamba4rec", "tim4rec", "ttt4rec", "t2arec"]
 SEGMENT_MODELS = ["sasrec", "tim4rec", "ttt4rec", "t2arec"]
-FILES = ["compare.md", "segments.md", "segments.png", "ablate.md", "sweep.md", "sweep_test.png",
+FILES = ["compare.md", "paired.md", "segments.md", "segments.png", "ablate.md", "sweep.md", "sweep_test.png",
          "throughput.md", "throughput.png", "sweep_train.png", "compare_seeds.md", "recbole.md", "paper.md"]
 
 
-STEPS = ("compare", "segments", "ablate", "sweep", "throughput")
+STEPS = ("compare", "paired", "segments", "ablate", "sweep", "throughput")
 
 
 def one_dataset(name: str, args: argparse.Namespace) -> None:
@@ -89,6 +91,8 @@ def one_dataset(name: str, args: argparse.Namespace) -> None:
                     title=f"Overall performance over {len(args.more_seeds)} seeds")
         if name == "ml-100k" and args.seed_models:
             recbole_check(args)
+    if "paired" in args.steps and "t2arec" in models:  # the test-time step, user by user, without the ablation's trainings
+        paired(setup(args.seeds))
     if "segments" in args.steps:
         segments(setup(args.seeds), [m for m in SEGMENT_MODELS if m in models])
     if "ablate" in args.steps:
@@ -107,6 +111,18 @@ def one_dataset(name: str, args: argparse.Namespace) -> None:
         if (out / file).exists():
             shutil.copyfile(out / file, target / file)
     write_text(target / "command.txt", "python benchmarks/results.py " + shlex.join(sys.argv[1:]) + "\n")
+
+
+def paired(setup: Setup) -> dict[str, Any]:
+    """T2ARec's test-time step against no step on the same checkpoints (those of Table 2), paired over
+    test users; the ablation reports the same for its own runs, this needs no extra training."""
+    full = Variant("t2arec")
+    runs = {seed: json.loads((run_dir(setup, full, seed) / "results.json").read_text()) for seed in setup.seeds}
+    summary = paired_step_tests(setup, full, runs)
+    write_json(setup.out / "paired.json", summary)
+    write_text(setup.out / "paired.md", "### T2ARec's test-time step, paired over test users\n"
+               + (paired_markdown(summary) or "\nNo run chose or offered a step.\n"))
+    return summary
 
 
 def _cells(ours: dict[str, Any] | None, paper: tuple[float, ...]) -> list[str]:
@@ -183,7 +199,7 @@ def section(name: str, docs: Path) -> str:
     parts = [f"## {title}\n"]
     if (folder / "command.txt").exists():
         parts.append(f"```bash\n{(folder / 'command.txt').read_text().strip()}\n```\n")
-    for md, pngs in (("compare.md", []), ("compare_seeds.md", []), ("paper.md", []), ("recbole.md", []),
+    for md, pngs in (("compare.md", []), ("paired.md", []), ("compare_seeds.md", []), ("paper.md", []), ("recbole.md", []),
                      ("segments.md", ["segments.png"]), ("ablate.md", []),
                      ("sweep.md", ["sweep_train.png", "sweep_test.png"]), ("throughput.md", ["throughput.png"])):
         if (folder / md).exists():
