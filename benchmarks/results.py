@@ -199,6 +199,8 @@ def section(name: str, docs: Path) -> str:
     parts = [f"## {title}\n"]
     if (folder / "command.txt").exists():
         parts.append(f"```bash\n{(folder / 'command.txt').read_text().strip()}\n```\n")
+    if (folder / "note.md").exists():  # what a reader must know before trusting the section (written by hand)
+        parts.append((folder / "note.md").read_text())
     for md, pngs in (("compare.md", []), ("paired.md", []), ("compare_seeds.md", []), ("paper.md", []), ("recbole.md", []),
                      ("segments.md", ["segments.png"]), ("ablate.md", []),
                      ("sweep.md", ["sweep_train.png", "sweep_test.png"]), ("throughput.md", ["throughput.png"])):

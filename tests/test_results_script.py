@@ -50,3 +50,17 @@ def test_each_dataset_keeps_its_section_and_command_and_sits_beside_the_paper(re
     assert "0.1648" in paper and "0.2932" in paper  # T2ARec's Table 2 cells from the paper
     assert "| caser | 0 | - / 0.1954" in paper  # a model without a run shows the paper's cell only
     assert "Table 3" in paper and "Table 4" in paper and "1.02" in paper
+
+
+def test_a_hand_written_note_heads_its_section_and_paired_step_rows_appear(results_module, tmp_path, monkeypatch):
+    docs = tmp_path / "docs"
+    (docs / "results" / "ml-1m").mkdir(parents=True)
+    (docs / "results" / "ml-1m" / "note.md").write_text("**Stale: to be re-measured.**\n")
+    monkeypatch.setattr(sys, "argv", ["results.py", "--out", str(tmp_path / "runs"), "--docs", str(docs), "--seeds", "1",
+                                      "--quiet", "--datasets", "ml-1m", "--models", "t2arec", "--steps", "compare", "paired"])
+    results_module.main()
+    text = (docs / "results.md").read_text()
+    section = text[text.index("## MovieLens-1M"):]
+    assert section.index("--datasets ml-1m") < section.index("**Stale") < section.index("### Overall performance")
+    assert "### T2ARec's test-time step, paired over test users" in section
+    assert (tmp_path / "runs" / "ml-1m" / "paired.json").exists()
