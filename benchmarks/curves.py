@@ -25,7 +25,9 @@ def load_progress(run_dir: Path) -> dict[str, Any]:
     results = run_dir / "results.json"
     if results.exists():
         stored = json.loads(results.read_text())
-        return {"history": stored["history"], "best_score": stored["valid"]["ndcg@10"],
+        # the validation that training selected on: without the test-time step (valid_no_tta)
+        best = stored.get("valid_no_tta", stored["valid"])["ndcg@10"]
+        return {"history": stored["history"], "best_score": best,
                 "best_step": stored.get("best_step"), "seconds": stored.get("train_seconds", 0.0),
                 "finished": True}
     state = run_dir / "train_state.pt"

@@ -17,7 +17,8 @@ def runs(tmp_path):
     finished, stopped = tmp_path / "finished", tmp_path / "stopped"
     finished.mkdir(), stopped.mkdir()
     (finished / "results.json").write_text(json.dumps(
-        {"history": history([0.1, None, 0.3]), "valid": {"ndcg@10": 0.3}, "best_step": 30, "train_seconds": 12.0}))
+        {"history": history([0.1, None, 0.3]), "valid": {"ndcg@10": 0.35}, "valid_no_tta": {"ndcg@10": 0.3},
+         "best_step": 30, "train_seconds": 12.0}))
     progress = {"history": history([0.05, 0.2]), "best_score": 0.2, "best_step": 20, "seconds": 5.0}
     torch.save({"progress": progress}, stopped / "train_state.pt")
     return finished, stopped
