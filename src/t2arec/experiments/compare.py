@@ -22,7 +22,7 @@ def collect_runs(setup: Setup, models: list[str], desc: str = "compare") -> dict
     return {v.model: [runs[(v, s)] for s in setup.seeds] for v in variants}
 
 
-def test_rows(runs: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, float]]]:
+def metric_rows(runs: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, float]]]:
     """Row name -> test metrics per seed; a model whose alignment step was applied also gets a
     "(no TTA)" row from the same checkpoints."""
     rows: dict[str, list[dict[str, float]]] = {}
@@ -35,7 +35,7 @@ def test_rows(runs: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str,
 
 def collect_rows(setup: Setup, models: list[str], desc: str = "compare") -> dict[str, list[dict[str, float]]]:
     """Row name -> test metrics per seed (in ``setup.seeds`` order)."""
-    return test_rows(collect_runs(setup, models, desc))
+    return metric_rows(collect_runs(setup, models, desc))
 
 
 def training_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
@@ -111,7 +111,7 @@ def compare(setup: Setup, models: list[str], title: str = "Overall performance (
             name: str = "compare") -> dict[str, Any]:
     """Train (or reuse) every model for every seed; write ``name``.json and ``name``.md into ``setup.out``."""
     runs = collect_runs(setup, models)
-    summary = summarise(test_rows(runs), setup.seeds)
+    summary = summarise(metric_rows(runs), setup.seeds)
     summary["training"] = training_summary(runs)
     write_json(setup.out / f"{name}.json", summary)
     write_text(setup.out / f"{name}.md", to_markdown(summary, title) + "\n" + training_markdown(summary["training"]))
