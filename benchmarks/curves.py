@@ -4,7 +4,8 @@
 
 Each RUN_DIR is a `t2arec run --out` folder: the history comes from its results.json when the run has
 finished, else from the train_state.pt it writes after every epoch (a run stopped early still has
-one). Prints a markdown table of validation NDCG@10 by epoch (one column per run) and, per run, the
+one), else from a progress.json that `--save-progress` wrote from that state (a few kB to commit,
+where the state holds weights and is not committed). Prints a markdown table of validation NDCG@10 by epoch (one column per run) and, per run, the
 best validation, its step and the training seconds so far; `--plot` also draws the curves against
 optimiser steps.
 """
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from t2arec.experiments.store import write_text
 
 METRIC = "valid_ndcg@10"
 
@@ -30,10 +33,13 @@ def load_progress(run_dir: Path) -> dict[str, Any]:
         return {"history": stored["history"], "best_score": best,
                 "best_step": stored.get("best_step"), "seconds": stored.get("train_seconds", 0.0),
                 "finished": True}
-    state = run_dir / "train_state.pt"
-    if not state.exists():
-        raise SystemExit(f"{run_dir}: neither results.json nor train_state.pt")
-    progress = torch.load(state, map_location="cpu", weights_only=True)["progress"]
+    state, saved = run_dir / "train_state.pt", run_dir / "progress.json"
+    if state.exists():
+        progress = torch.load(state, map_location="cpu", weights_only=True)["progress"]
+    elif saved.exists():
+        progress = json.loads(saved.read_text())
+    else:
+        raise SystemExit(f"{run_dir}: neither results.json nor train_state.pt nor progress.json")
     return {**progress, "finished": False}
 
 
@@ -82,8 +88,15 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--every", type=int, default=5, help="show every n-th epoch")
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--save-progress", action="store_true",
+                        help="write each unfinished run's progress.json (its curve, without the weights)")
     args = parser.parse_args()
     runs = {str(d): load_progress(d) for d in args.runs}
+    if args.save_progress:
+        for d in args.runs:
+            if not runs[str(d)]["finished"]:
+                progress = {k: v for k, v in runs[str(d)].items() if k != "finished"}
+                write_text(d / "progress.json", json.dumps(progress, indent=1) + "\n")
     print(summary_table(runs) + "\n\n" + curve_table(runs, args.every))
     if args.plot:
         plot(runs, args.plot)

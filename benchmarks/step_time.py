@@ -8,16 +8,14 @@ all windows that it implies (windows / batch x step).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import make_model, ml1m  # noqa: E402
+from bench import make_model, median_seconds, ml1m  # noqa: E402
 
 from t2arec.data.batching import training_windows  # noqa: E402
 from t2arec.runtime import keep_freed_memory  # noqa: E402
@@ -39,18 +37,16 @@ def main() -> None:
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
         rng = np.random.default_rng(0)
         model.train()
-        times = []
-        for _ in range(8):
-            batch = windows.batch(rng.choice(len(windows), size, replace=False))
-            start = time.perf_counter()
-            losses = model.training_losses(batch)
+        batches = iter([windows.batch(rng.choice(len(windows), size, replace=False)) for _ in range(8)])
+
+        def step() -> None:
+            losses = model.training_losses(next(batches))
             optimizer.zero_grad()
             losses["total"].backward()
             optimizer.step()
-            times.append(time.perf_counter() - start)
-        step = statistics.median(times[3:])
-        print(f"batch {size}: {step:.3f} s per step, {step * len(windows) / size:.1f} s per pass", flush=True)
 
+        seconds = median_seconds(step, repeats=5, warmup=3)
+        print(f"batch {size}: {seconds:.3f} s per step, {seconds * len(windows) / size:.1f} s per pass", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -1,5 +1,6 @@
 """benchmarks/curves.py on a finished run and on one stopped mid-training (train_state.pt only)."""
 import json
+import sys
 
 import pytest
 import torch
@@ -39,5 +40,18 @@ def test_tables_read_finished_and_stopped_runs(runs, tmp_path):
 
 
 def test_a_folder_without_a_run_is_an_error(tmp_path):
-    with pytest.raises(SystemExit, match="neither results.json nor train_state.pt"):
+    with pytest.raises(SystemExit, match="neither results.json nor train_state.pt nor progress.json"):
         load_benchmark("curves").load_progress(tmp_path)
+
+
+def test_a_saved_progress_replaces_the_training_state(runs, monkeypatch, capsys):
+    curves = load_benchmark("curves")
+    finished, stopped = runs
+    monkeypatch.setattr(sys, "argv", ["curves.py", str(finished), str(stopped), "--save-progress"])
+    curves.main()
+    before = capsys.readouterr().out
+    assert (stopped / "progress.json").exists() and not (finished / "progress.json").exists()
+    (stopped / "train_state.pt").unlink()
+    monkeypatch.setattr(sys, "argv", ["curves.py", str(finished), str(stopped)])
+    curves.main()
+    assert capsys.readouterr().out == before
