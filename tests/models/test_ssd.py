@@ -100,11 +100,17 @@ def kernel_inputs(seed=0):
     return [t.cuda() for t in (x, delta, a, b, c)]
 
 
+def kernel_call(ssd_kernels, x, delta, a, b, c):
+    """The kernel on one head, read back in the shapes of ``scan_chunked``."""
+    y, h = ssd_kernels.scan_kernel(x[:, :, None], delta[..., None], a, b, c, chunk_size=64)
+    return y[:, :, 0], h[:, 0]
+
+
 @needs_fused_kernel
 def test_fused_kernel_equals_the_pytorch_scan():
     ssd_kernels = _fused_kernel()
     x, delta, a, b, c = kernel_inputs()
-    y, h = ssd_kernels.scan_kernel(x, delta, a, b, c, chunk_size=64)
+    y, h = kernel_call(ssd_kernels, x, delta, a, b, c)
     y_ref, h_ref = scan_chunked(x * delta[..., None], delta * a, b, c, chunk_size=64)
     assert torch.allclose(y, y_ref, atol=1e-3, rtol=1e-3)
     assert torch.allclose(h, h_ref, atol=1e-3, rtol=1e-3)
@@ -117,7 +123,7 @@ def test_fused_kernel_gradients_equal_the_pytorch_scan():
     ssd_kernels = _fused_kernel()
     leaves = [t.clone().requires_grad_(True) for t in kernel_inputs(seed=3)]
     ref_leaves = [t.clone().requires_grad_(True) for t in leaves]
-    y, h = ssd_kernels.scan_kernel(*leaves, chunk_size=64)
+    y, h = kernel_call(ssd_kernels, *leaves)
     x, delta, a, b, c = ref_leaves
     y_ref, h_ref = scan_chunked(x * delta[..., None], delta * a, b, c, chunk_size=64)
     g = torch.Generator(device="cuda").manual_seed(0)

@@ -74,6 +74,80 @@ def test_chunked_model_equals_sequential_model():
     assert torch.allclose(model.alignment_loss(batch, 1, 1), reference.alignment_loss(batch, 1, 1), atol=1e-10)
 
 
+def test_heads_run_their_own_recurrence_over_their_channels():
+    """With H heads each head h has its own Delta_h, A_h and D_h over channels h P .. (h + 1) P, and all
+    heads read the same B and C: the block's output and final state equal that loop, written here
+    without the folding of heads into the batch that the block does."""
+    model = tiny_model(num_heads=2)  # chunks of 4 over 7 positions: the first partial
+    mixer = model.layers[0].mixer
+    with torch.no_grad():  # heads that differ, so that a mixed-up head shows
+        mixer.dt_bias.copy_(torch.tensor([-3.0, 0.5]))
+        mixer.A_log.copy_(torch.tensor([0.0, 1.5]))
+        mixer.D.copy_(torch.tensor([0.3, -2.0]))
+    items = torch.tensor([[0, 0, 3, 4, 5, 6, 7], [1, 2, 3, 4, 5, 6, 7]])
+    u = model.embed(items)
+    out, trace = mixer(u, items > 0)
+    projected = mixer.in_proj(u)
+    conv_in = projected[..., :-2] * (items > 0)[..., None]
+    xbc = F.silu(F.conv1d(F.pad(conv_in.transpose(1, 2), (3, 0)), mixer.conv.weight, mixer.conv.bias,
+                          groups=conv_in.shape[-1]).transpose(1, 2))
+    x, b, c = xbc[..., :8] * (items > 0)[..., None], xbc[..., 8:12], xbc[..., 12:16]
+    assert trace.delta.shape == (2, 7, 2) and trace.final_state.shape == (2, 2, 4, 4)
+    for row in range(2):
+        y = torch.zeros(7, 8, dtype=torch.float64)
+        for head, channels in enumerate((slice(0, 4), slice(4, 8))):
+            h = torch.zeros(4, 4, dtype=torch.float64)
+            for i in range(7):
+                delta = F.softplus(projected[row, i, -2 + head] + mixer.dt_bias[head]) * (items[row, i] > 0)
+                assert torch.allclose(trace.delta[row, i, head], delta, atol=1e-12)
+                h = torch.exp(-delta * torch.exp(mixer.A_log[head])) * h + delta * torch.outer(b[row, i], x[row, i, channels])
+                y[i, channels] = c[row, i] @ h + mixer.D[head] * x[row, i, channels]
+            assert torch.allclose(trace.final_state[row, head], h, atol=1e-12)
+        assert torch.allclose(out[row], mixer.out_proj(y), atol=1e-12)
+
+
+def test_state_loss_with_heads_sums_each_heads_formula():
+    """Each head's share of ||h_n - h^b_n||^2 is divided by its own Delta_{n+1}^2, then the shares add."""
+    model = tiny_model(num_heads=2)
+    mixer = model.layers[0].mixer
+    with torch.no_grad():
+        mixer.P.copy_(torch.tensor([0.7, -0.4]))
+        mixer.dt_bias.copy_(torch.tensor([-2.0, 1.0]))
+    items = torch.tensor([[0, 3, 6, 2], [5, 1, 9, 9]])
+    batch = make_batch(items.tolist(), [[0.0, 0.0, 30.0, 60.0], [0.0, 5.0, 6.0, 100.0]], [90.0, 1.0])
+    o, trace = model.encode(items)
+    x_next, b_next, delta_next = mixer.refeed(o[:, -1], trace.conv_tail)
+    state = model.state_loss(trace, x_next, b_next, delta_next)
+    q = mixer.q_proj(trace.x_last)
+    expected = torch.zeros((), dtype=torch.float64)
+    for row in range(2):
+        for head, channels in enumerate((slice(0, 4), slice(4, 8))):
+            dn, a = delta_next[row, head], -torch.exp(mixer.A_log[head])
+            h = trace.final_state[row, head]
+            forward = torch.exp(dn * a) * h + dn * torch.outer(b_next[row], x_next[row, channels])
+            backward = torch.exp(dn * mixer.P[head]) * forward + dn * torch.outer(q[row], trace.x_last[row, channels])
+            expected = expected + ((h - backward) ** 2).sum() / dn**2 / 2  # mean over the 2 rows
+    assert state.item() == pytest.approx(expected.item(), rel=1e-9)
+
+
+def test_time_loss_with_heads_averages_the_heads():
+    model = tiny_model(time_transform="identity", time_scale=2.0, time_block=16, num_heads=2)
+    batch = make_batch([[0, 1, 2, 3, 4]], [[0.0, 0.0, 2.0, 1.0, 3.0]], [4.0])
+    first = torch.tensor([[0.0, 0.1, 0.3, 0.2, 0.6]], dtype=torch.float64)
+    second = torch.tensor([[0.0, 0.5, 0.1, 0.9, 0.2]], dtype=torch.float64)
+    both = model.time_loss(batch, torch.stack([first, second], dim=-1), torch.tensor([[0.4, 0.05]], dtype=torch.float64))
+    one = tiny_model(time_transform="identity", time_scale=2.0, time_block=16)
+    separately = [one.time_loss(batch, d[..., None], torch.tensor([[n]], dtype=torch.float64))
+                  for d, n in ((first, 0.4), (second, 0.05))]
+    assert separately[0].item() != pytest.approx(separately[1].item())
+    assert both.item() == pytest.approx((separately[0].item() + separately[1].item()) / 2, abs=1e-12)
+
+
+def test_heads_must_divide_the_hidden_size():
+    with pytest.raises(ValueError, match="num_heads"):
+        T2ARecConfig(hidden_size=64, num_heads=3)
+
+
 def test_refeed_is_step_n_plus_one_of_the_same_transform():
     model = tiny_model()
     mixer = model.layers[0].mixer
@@ -101,7 +175,7 @@ def test_time_loss_hand_computed_single_block():
     batch = make_batch([[0, 1, 2, 3, 4]], [[0.0, 0.0, 2.0, 1.0, 3.0]], [4.0])
     delta = torch.tensor([[0.0, 0.1, 0.3, 0.2, 0.6]], dtype=torch.float64)
     delta_next = torch.tensor([0.4], dtype=torch.float64)
-    loss = model.time_loss(batch, delta, delta_next)
+    loss = model.time_loss(batch, delta[..., None], delta_next[..., None])
     # valid: positions 2, 3, 4 of the sequence (T = 2, 1, 3) and step n+1 (T = 4); not the first item
     d = {2: 0.3, 3: 0.2, 4: 0.6, 5: 0.4}
     t = {2: 2.0, 3: 1.0, 4: 3.0, 5: 4.0}
@@ -115,7 +189,7 @@ def test_time_loss_blocks_are_aligned_to_the_end_and_pairs_stay_inside():
     batch = make_batch([[1, 2, 3, 4]], [[0.0, 5.0, 1.0, 2.0]], [10.0])
     delta = torch.tensor([[0.5, 0.1, 0.2, 0.3]], dtype=torch.float64)
     delta_next = torch.tensor([0.05], dtype=torch.float64)
-    loss = model.time_loss(batch, delta, delta_next)
+    loss = model.time_loss(batch, delta[..., None], delta_next[..., None])
     # entries (p1..p4, n+1) padded to 6 on the left -> blocks (pad, p1) (p2, p3) (p4, n+1); p1 has no predecessor
     d = {2: 0.1, 3: 0.2, 4: 0.3, 5: 0.05}
     t = {2: 5.0, 3: 1.0, 4: 2.0, 5: 10.0}
@@ -125,7 +199,7 @@ def test_time_loss_blocks_are_aligned_to_the_end_and_pairs_stay_inside():
 def test_time_loss_log1p_transform():
     model = tiny_model(time_transform="log1p", time_scale=0.5, time_block=16)
     batch = make_batch([[7, 8]], [[0.0, 100.0]], [10.0])
-    loss = model.time_loss(batch, torch.tensor([[0.2, 0.3]], dtype=torch.float64), torch.tensor([0.1], dtype=torch.float64))
+    loss = model.time_loss(batch, torch.tensor([[[0.2], [0.3]]], dtype=torch.float64), torch.tensor([[0.1]], dtype=torch.float64))
     expected = max(0.0, 1 - (0.3 - 0.1) * (math.log1p(100.0) - math.log1p(10.0)) / 0.5)
     assert loss.item() == pytest.approx(expected, abs=1e-12)
 
@@ -240,7 +314,8 @@ SHORT = SeqBatch(torch.tensor([[0, 4], [7, 3]] * 12), torch.ones(24, 2, dtype=to
                  torch.ones(24, dtype=torch.float64), torch.ones(24, dtype=torch.long))  # L < conv kernel
 
 
-@pytest.mark.parametrize("overrides", [{}, {"num_layers": 2}, {"single_layer_residual": True, "output_gate": True}])
+@pytest.mark.parametrize("overrides", [{}, {"num_layers": 2}, {"single_layer_residual": True, "output_gate": True},
+                                       {"num_heads": 2}])
 @pytest.mark.parametrize("short", [False, True])
 @pytest.mark.parametrize("cache_tokens", [None, 7])
 def test_fast_inference_equals_the_full_computation(overrides, short, cache_tokens, monkeypatch):
@@ -249,7 +324,8 @@ def test_fast_inference_equals_the_full_computation(overrides, short, cache_toke
     model = tiny_model(**overrides)
     slow = slow_copy(model)
     batch = SHORT if short else random_batch()
-    assert model.use_table(batch.items) == (model.cfg.num_layers == 1) and not slow.use_table(batch.items)
+    table = model.cfg.num_layers == 1 and model.cfg.num_heads == 1  # the table path computes one head
+    assert model.use_table(batch.items) == table and not slow.use_table(batch.items)
     assert torch.allclose(model.score(batch), slow.score(batch), atol=1e-12)
     fast_loss = model.alignment_loss(batch, 0.3, 0.7)
     slow_loss = slow.alignment_loss(batch, 0.3, 0.7)

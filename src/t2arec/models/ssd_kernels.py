@@ -5,8 +5,8 @@ PyTorch scan in ``ssd.py`` runs and nothing changes. The kernel computes the sam
 
     h_i = exp(Delta_i A) h_{i-1} + Delta_i B_i (outer) x_i,    y_i = h_i^T C_i
 
-with one head of width d and one group of d_s states, and returns the final state as
-(batch, heads, d, d_s), which is transposed here to the (batch, d_s, d) of ``ssd.py``.
+with heads of width P sharing one group of d_s states, and returns the final state as
+(batch, heads, P, d_s), which is transposed here to the (batch, heads, d_s, P) of T2ARec's block.
 """
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ def kernel_available(x: Tensor) -> bool:
 
 
 def scan_kernel(x: Tensor, delta: Tensor, a: Tensor, b: Tensor, c: Tensor, chunk_size: int) -> tuple[Tensor, Tensor]:
-    """Same result as ``ssd.scan_chunked(x * delta, delta * a, b, c)``.
+    """Same result as ``ssd.scan_chunked(x * delta, delta * a, b, c)`` for each head.
 
-    x: (B, L, d) without Delta folded in, delta: (B, L), a: the scalar A (shape (1,)), b, c: (B, L, d_s).
-    Returns y (B, L, d) and the final state (B, d_s, d).
+    x: (B, L, H, P) without Delta folded in, delta: (B, L, H), a: A of each head (H,), b, c: (B, L, d_s),
+    shared by the heads (one group). Returns y (B, L, H, P) and the final state (B, H, d_s, P).
     """
     if _kernel is None:
         raise RuntimeError("mamba_ssm is not installed: the fused scan kernel is unavailable")
-    y, final = _kernel(x[:, :, None, :].contiguous(), delta[:, :, None].contiguous(), a.reshape(1).float(),
+    y, final = _kernel(x.contiguous(), delta.contiguous(), a.reshape(-1).float(),
                        b[:, :, None, :].contiguous(), c[:, :, None, :].contiguous(), chunk_size,
                        return_final_states=True)
-    return y[:, :, 0, :], final[:, 0].transpose(1, 2)
+    return y, final.transpose(-1, -2)

@@ -38,6 +38,10 @@ class T2ARecConfig:
     state_size: int = 32  # d_s
     conv_kernel: int = 4
     num_layers: int = 1
+    # heads of the mixer, each with its own Delta, A, D and P over d / num_heads channels (B and C are
+    # shared, Mamba-2's single group). The spec fixes 1; more heads is a deviation, measured in
+    # docs/ml1m_regime.md
+    num_heads: int = 1
     dropout: float = 0.1  # validation: ahead on ML-1M, a tie on ML-100K (docs/ml1m_regime.md)
     chunk_size: int = 64
     single_layer_residual: bool = False  # Mamba4Rec has no residual around a single SSM layer
@@ -65,16 +69,19 @@ class T2ARecConfig:
             raise ValueError(f"state_p must be 'learned' or 'theorem', not {self.state_p!r}")
         if self.time_scale <= 0:
             raise ValueError("time_scale (lambda) must be positive")
+        if self.num_heads < 1 or self.hidden_size % self.num_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be >= 1 and divide hidden_size ({self.hidden_size})")
 
 
 @dataclass
 class BlockTrace:
-    """What the first block leaves for the alignment losses (shapes for batch B, length L)."""
+    """What the first block leaves for the alignment losses (shapes for batch B, length L, H heads of
+    P = d / H channels; the spec's model has H = 1)."""
 
-    delta: Tensor  # (B, L), 0 at padding
+    delta: Tensor  # (B, L, H), 0 at padding
     conv_tail: Tensor  # (B, <= k-1, d + 2 d_s): pre-convolution [x~, B~, C~] of the last k-1 positions
     x_last: Tensor  # (B, d), x_n
-    final_state: Tensor  # (B, d_s, d), h_n
+    final_state: Tensor  # (B, H, d_s, P), h_n
 
 
 @dataclass
@@ -101,31 +108,32 @@ class TokenInputs:
 
 
 class T2AMambaBlock(nn.Module):
-    """Single-head, unexpanded Mamba-2 mixer with the re-fed step and the backward-state head."""
+    """Unexpanded Mamba-2 mixer (single head in the spec) with the re-fed step and the backward-state head."""
 
     def __init__(self, cfg: T2ARecConfig) -> None:
         super().__init__()
-        d, ds = cfg.hidden_size, cfg.state_size
+        d, ds, heads = cfg.hidden_size, cfg.state_size, cfg.num_heads
         self.cfg = cfg
+        self.heads, self.head_dim = heads, d // heads
         self.conv_channels = d + 2 * ds
         gate = d if cfg.output_gate else 0
-        self.in_proj = nn.Linear(d, gate + self.conv_channels + 1, bias=False)  # Linear_1
+        self.in_proj = nn.Linear(d, gate + self.conv_channels + heads, bias=False)  # Linear_1
         self.conv = nn.Conv1d(self.conv_channels, self.conv_channels, cfg.conv_kernel, groups=self.conv_channels)
-        self.dt_bias = nn.Parameter(torch.empty(1))
-        self.A_log = nn.Parameter(torch.empty(1))
-        self.D = nn.Parameter(torch.ones(1))
+        self.dt_bias = nn.Parameter(torch.empty(heads))
+        self.A_log = nn.Parameter(torch.empty(heads))
+        self.D = nn.Parameter(torch.ones(heads))
         self.out_proj = nn.Linear(d, d, bias=False)
         self.q_proj = nn.Linear(d, ds, bias=False)  # Linear_2: x_n -> q
-        self.P = nn.Parameter(torch.zeros(1))
+        self.P = nn.Parameter(torch.zeros(heads))
 
     def reset_ssm_parameters(self, generator: torch.Generator | None = None) -> None:
         """Mamba-2 initialisation: Delta log-uniform in [dt_min, dt_max], A uniform in [a_min, a_max]."""
         cfg = self.cfg
-        u = torch.rand(1, generator=generator)
+        u = torch.rand(self.heads, generator=generator)
         dt = torch.exp(u * (math.log(cfg.dt_max) - math.log(cfg.dt_min)) + math.log(cfg.dt_min)).clamp(min=1e-4)
         with torch.no_grad():
             self.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-            a = torch.empty(1).uniform_(cfg.a_init_min, cfg.a_init_max, generator=generator)
+            a = torch.empty(self.heads).uniform_(cfg.a_init_min, cfg.a_init_max, generator=generator)
             self.A_log.copy_(torch.log(a))
             self.D.fill_(1.0)
             self.P.zero_()
@@ -135,10 +143,51 @@ class T2AMambaBlock(nn.Module):
         return -torch.exp(self.A_log)
 
     def split_projection(self, projected: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
-        """in_proj output -> (gate z or None, conv inputs [x~, B~, C~], dt)."""
+        """in_proj output -> (gate z or None, conv inputs [x~, B~, C~], dt (..., H))."""
         gate = self.cfg.hidden_size if self.cfg.output_gate else 0
         z = projected[..., :gate] if gate else None
-        return z, projected[..., gate : gate + self.conv_channels], projected[..., -1]
+        return z, projected[..., gate : gate + self.conv_channels], projected[..., -self.heads:]
+
+    def skip(self, x: Tensor) -> Tensor:
+        """D x, each head's D over its P channels: (..., d) -> (..., d)."""
+        return (x.unflatten(-1, (self.heads, self.head_dim)) * self.D[:, None]).flatten(-2)
+
+    def scan(self, x: Tensor, delta: Tensor, b: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+        """The recurrence of every head: x (B, L, d), delta (B, L, H), b, c (B, L, d_s) ->
+        y (B, L, d) and h_n (B, H, d_s, P). The heads share B and C, so they are folded into the batch
+        (with one head every reshape below is a view)."""
+        bsz, length, d = x.shape
+        heads, p = self.heads, self.head_dim
+        if self.cfg.use_kernels and not self.cfg.sequential_scan and kernel_available(x):
+            y, h = scan_kernel(x.view(bsz, length, heads, p), delta, self.A, b, c, self.cfg.chunk_size)
+            return y.reshape(bsz, length, d), h
+
+        def fold(t: Tensor) -> Tensor:  # (B, L, H, w) -> (B H, L, w)
+            return t.transpose(1, 2).reshape(bsz * heads, length, t.shape[-1])
+
+        x_delta = fold(x.view(bsz, length, heads, p) * delta[..., None])
+        log_decay = fold((delta * self.A)[..., None])[..., 0]
+        b_heads, c_heads = (fold(t[:, :, None].expand(bsz, length, heads, t.shape[-1])) for t in (b, c))
+        if self.cfg.sequential_scan:
+            y, h = scan_sequential(x_delta, log_decay, b_heads, c_heads)
+        else:
+            y, h = scan_chunked(x_delta, log_decay, b_heads, c_heads, chunk_size=self.cfg.chunk_size)
+        y = y.view(bsz, heads, length, p).transpose(1, 2).reshape(bsz, length, d)
+        return y, h.view(bsz, heads, *h.shape[1:])
+
+    def final_state_of_heads(self, x: Tensor, delta: Tensor, b: Tensor) -> Tensor:
+        """h_n alone (``ssd.final_state``) for every head: x (B, L, d), delta (B, L, H), b (B, L, d_s) ->
+        (B, H, d_s, P)."""
+        bsz, length, _ = x.shape
+        heads = self.heads
+
+        def fold(t: Tensor) -> Tensor:  # (B, L, H, w) -> (B H, L, w)
+            return t.transpose(1, 2).reshape(bsz * heads, length, t.shape[-1])
+
+        x_delta = fold(x.view(bsz, length, heads, self.head_dim) * delta[..., None])
+        log_decay = fold((delta * self.A)[..., None])[..., 0]
+        h = final_state(x_delta, log_decay, fold(b[:, :, None].expand(bsz, length, heads, b.shape[-1])))
+        return h.view(bsz, heads, *h.shape[1:])
 
     def split_conv_output(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         d, ds = self.cfg.hidden_size, self.cfg.state_size
@@ -153,14 +202,9 @@ class T2AMambaBlock(nn.Module):
                        self.conv.bias, groups=self.conv_channels).transpose(1, 2)
         x, b, c = self.split_conv_output(F.silu(xbc))
         x = x * maskf[..., None]
-        delta = F.softplus(dt + self.dt_bias) * maskf  # Delta = 0 at padding: Abar = 1, no input
-        if self.cfg.use_kernels and not self.cfg.sequential_scan and kernel_available(x):
-            y, final_state_ = scan_kernel(x, delta, self.A, b, c, self.cfg.chunk_size)
-        elif self.cfg.sequential_scan:
-            y, final_state_ = scan_sequential(x * delta[..., None], delta * self.A, b, c)
-        else:
-            y, final_state_ = scan_chunked(x * delta[..., None], delta * self.A, b, c, chunk_size=self.cfg.chunk_size)
-        y = y + self.D * x
+        delta = F.softplus(dt + self.dt_bias) * maskf[..., None]  # Delta = 0 at padding: Abar = 1, no input
+        y, final_state_ = self.scan(x, delta, b, c)
+        y = y + self.skip(x)
         if z is not None:
             y = y * F.silu(z)
         trace = BlockTrace(delta=delta, conv_tail=conv_in[:, -(self.cfg.conv_kernel - 1):], x_last=x[:, -1],
@@ -178,7 +222,7 @@ class T2AMambaBlock(nn.Module):
         gate = d if self.cfg.output_gate else 0
         xb_cols = slice(gate, gate + d + ds)
         maskf = mask.to(self.conv.weight.dtype)
-        delta = F.softplus(inputs.take(slice(-1, None))[..., 0] + self.dt_bias) * maskf
+        delta = F.softplus(inputs.take(slice(-self.heads, None)) + self.dt_bias) * maskf[..., None]  # (B, L, H)
         # the kernel window that ends at position n gives x_n and C_n
         tail = inputs.take(slice(gate, gate + self.conv_channels), last=k)  # (B, <=k, C)
         if tail.shape[1] < k:
@@ -187,15 +231,17 @@ class T2AMambaBlock(nn.Module):
         x_last, _, c_last = self.split_conv_output(xbc_last)
         # h_n from x and B at every position (padding adds 0: Delta = 0 there)
         if inputs.table is not None:  # per-item rows: gathered, convolved and summed in cache-sized chunks
+            if self.heads != 1:
+                raise ValueError("the per-item table path computes one head; T2ARec.use_table excludes more")
             h_n = final_state_from_rows(inputs.table[:, xb_cols], inputs.items, 0, self.conv.weight[: d + ds, 0],
-                                        self.conv.bias[: d + ds], delta, self.A, d)
+                                        self.conv.bias[: d + ds], delta[..., 0], self.A, d)[:, None]
         else:
             xb_in = inputs.take(xb_cols)
             xb = F.conv1d(F.pad(xb_in.transpose(1, 2), (k - 1, 0)), self.conv.weight[: d + ds],
                           self.conv.bias[: d + ds], groups=d + ds).transpose(1, 2)
             x, b = torch.split(F.silu(xb), [d, ds], dim=-1)
-            h_n = final_state(x * delta[..., None], delta * self.A, b)
-        y = torch.einsum("bn,bnd->bd", c_last, h_n) + self.D * x_last
+            h_n = self.final_state_of_heads(x, delta, b)
+        y = torch.einsum("bn,bhnp->bhp", c_last, h_n).flatten(1) + self.skip(x_last)
         if gate:
             y = y * F.silu(inputs.take(slice(0, gate), last=1)[:, 0])
         trace = BlockTrace(delta=delta, conv_tail=tail[:, 1:], x_last=x_last, final_state=h_n)
@@ -205,7 +251,7 @@ class T2AMambaBlock(nn.Module):
         """Eq. 11: Transform(o_n) as token n+1, the conv window ending at n+1.
 
         o_last: (B, d); conv_tail: (B, <= k-1, C), the pre-convolution inputs of the positions before
-        n+1. Returns x, B, Delta of step n+1.
+        n+1. Returns x (B, d), B (B, d_s), Delta (B, H) of step n+1.
         """
         _, conv_new, dt = self.split_projection(self.in_proj(o_last))
         k = self.cfg.conv_kernel
@@ -305,7 +351,7 @@ class T2ARec(SequentialRecommender):
         """At inference (no dropout) the first projection depends on the item alone, so computing it
         per item instead of per token pays when the catalogue is smaller than the batch's tokens."""
         return (not self.training and self.cfg.use_item_table and len(self.layers) == 1
-                and self.item_embedding.num_embeddings < items.numel())
+                and self.cfg.num_heads == 1 and self.item_embedding.num_embeddings < items.numel())
 
     def input_table(self) -> Tensor:
         """in_proj(LayerNorm(E)) for every item, (num_items + 1, in_proj width), padding row zero
@@ -342,22 +388,22 @@ class T2ARec(SequentialRecommender):
         return gaps
 
     def time_loss(self, batch: SeqBatch, delta: Tensor, delta_next: Tensor) -> Tensor:
-        """L_time (Eq. 14): hinge on pairs (i, j), 2 <= i < j <= n+1, inside blocks of b positions.
+        """L_time (Eq. 14): hinge on pairs (i, j), 2 <= i < j <= n+1, inside blocks of b positions,
+        averaged over the pairs and the heads.
 
-        delta: (B, L) of positions 1..n (0 at padding), delta_next: (B,) of step n+1.
+        delta: (B, L, H) of positions 1..n (0 at padding), delta_next: (B, H) of step n+1.
         """
         mask = batch.mask
         # position i takes part when it and its predecessor are real; step n+1 always does
         no_predecessor = torch.zeros_like(mask[:, :1])
         valid = torch.cat([no_predecessor, mask[:, 1:] & mask[:, :-1], mask[:, -1:]], dim=1)  # (B, L+1)
-        d_all = torch.cat([delta, delta_next[:, None]], dim=1)  # (B, L+1)
-        t_all = self.time_values(torch.cat([batch.gaps, batch.next_gap[:, None]], dim=1))
+        d_all = torch.cat([delta, delta_next[:, None]], dim=1).transpose(1, 2)  # (B, H, L+1)
+        t_all = self.time_values(torch.cat([batch.gaps, batch.next_gap[:, None]], dim=1))[:, None]  # (B, 1, L+1)
         block = self.cfg.time_block
-        pad = (-d_all.shape[1]) % block  # blocks are aligned to the end, where n+1 sits
+        pad = (-d_all.shape[-1]) % block  # blocks are aligned to the end, where n+1 sits
         d_all, t_all = F.pad(d_all, (pad, 0)), F.pad(t_all, (pad, 0))
-        valid = F.pad(valid, (pad, 0), value=False)
-        bsz = d_all.shape[0]
-        d_all, t_all, valid = (v.reshape(bsz, -1, block) for v in (d_all, t_all, valid))
+        valid = F.pad(valid[:, None], (pad, 0), value=False)
+        d_all, t_all, valid = (v.unflatten(-1, (-1, block)) for v in (d_all, t_all, valid))
         # only the pairs i < j inside a block: half the work of a full (block x block) difference
         first, second = torch.triu_indices(block, block, 1, device=delta.device)
         with torch.no_grad():  # the time gaps are data: nothing to differentiate, nothing to store
@@ -365,23 +411,29 @@ class T2ARec(SequentialRecommender):
             t_scaled = (t_all.index_select(-1, first) - t_all.index_select(-1, second)) * pairs / self.cfg.time_scale
         d_diff = d_all.index_select(-1, first) - d_all.index_select(-1, second)
         hinge = F.relu(1.0 - d_diff * t_scaled)
-        count = pairs.sum()
+        count = pairs.sum() * d_all.shape[1]
         return (hinge * pairs).sum() / count.clamp(min=1)
 
     def state_loss(self, trace: BlockTrace, x_next: Tensor, b_next: Tensor, delta_next: Tensor) -> Tensor:
-        """L_state (Eq. 20-25): ||h_n - h^b_n||_F^2 / Delta_{n+1}^2, averaged over the batch."""
+        """L_state (Eq. 20-25): ||h_n - h^b_n||_F^2 / Delta_{n+1}^2, averaged over the batch (with
+        several heads, each head's share is divided by its own Delta_{n+1}^2 and the shares are summed).
+
+        x_next: (B, d), b_next: (B, d_s), delta_next: (B, H).
+        """
         mixer = self.layers[0].mixer
-        h_n = trace.final_state  # (B, d_s, d)
-        dn = delta_next[:, None, None]
-        forward_state = torch.exp(dn * mixer.A) * h_n + dn * b_next[:, :, None] * x_next[:, None, :]
-        if self.cfg.state_p == "theorem":
-            p_bar = (-1.0 / mixer.A).expand_as(dn)
-        else:
-            p_bar = torch.exp(dn * mixer.P)
+        h_n = trace.final_state  # (B, H, d_s, P)
+        dn = delta_next[:, :, None, None]  # (B, H, 1, 1)
+        a, p = mixer.A[:, None, None], mixer.P[:, None, None]  # (H, 1, 1)
+
+        def outer(left: Tensor, x: Tensor) -> Tensor:  # (B, d_s) outer (B, d), split by head -> (B, H, d_s, P)
+            return left[:, None, :, None] * x.unflatten(-1, (mixer.heads, mixer.head_dim))[:, :, None, :]
+
+        forward_state = torch.exp(dn * a) * h_n + dn * outer(b_next, x_next)
+        p_bar = (-1.0 / a).expand_as(dn) if self.cfg.state_p == "theorem" else torch.exp(dn * p)
         q = mixer.q_proj(trace.x_last)  # (B, d_s)
-        backward_state = p_bar * forward_state + dn * q[:, :, None] * trace.x_last[:, None, :]
-        sq_err = (h_n - backward_state).pow(2).sum(dim=(1, 2))
-        return (sq_err / delta_next.clamp(min=1e-4).pow(2)).mean()
+        backward_state = p_bar * forward_state + dn * outer(q, trace.x_last)
+        sq_err = (h_n - backward_state).pow(2).sum(dim=(2, 3))  # (B, H)
+        return (sq_err / delta_next.clamp(min=1e-4).pow(2)).sum(dim=1).mean()
 
     def self_supervised_losses(self, batch: SeqBatch, o_last: Tensor, trace: BlockTrace) -> tuple[Tensor, Tensor]:
         """(L_time, L_state) for the sequences of ``batch`` whose last output is ``o_last`` (B, d)."""
