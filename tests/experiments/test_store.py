@@ -36,6 +36,27 @@ def test_a_folder_holding_another_configuration_is_an_error(tmp_path, monkeypatc
         ensure_run(other, Variant("sasrec"), 7)
 
 
+def _drop_stored_field(setup, variant, seed, section, key):
+    """Edit a stored results.json as if its run predated the option ``section.key``."""
+    path = run_dir(setup, variant, seed) / "results.json"
+    results = json.loads(path.read_text())
+    del results["config"][section][key]
+    path.write_text(json.dumps(results))
+
+
+def test_a_run_older_than_an_option_is_reused_at_its_default_and_only_there(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(store, "run", fake_run(calls))
+    setup = Setup(out=tmp_path, overrides=TINY, progress=False)
+    ensure_run(setup, Variant("t2arec"), 7)
+    _drop_stored_field(setup, Variant("t2arec"), 7, "model", "num_heads")
+    ensure_run(setup, Variant("t2arec"), 7)  # num_heads at its default: the same run
+    assert calls == [7]
+    with_heads = Setup(out=tmp_path, overrides=[*TINY, "model.num_heads=2"], progress=False)
+    with pytest.raises(ExperimentError, match="model.num_heads"):
+        ensure_run(with_heads, Variant("t2arec"), 7)
+
+
 def test_variants_name_their_folders_by_model_and_overrides():
     variant = Variant("t2arec", ("train.mu_time=0", "train.mu_state=0"))
     assert variant.label == "t2arec+train.mu_time=0+train.mu_state=0"

@@ -96,13 +96,24 @@ def _normalised(cfg: RunConfig) -> dict[str, Any]:
     return json.loads(json.dumps(cfg.to_dict(), default=str))
 
 
-def _differences(stored: dict[str, Any], wanted: dict[str, Any], prefix: str = "") -> list[str]:
+def _default_config(model: str) -> dict[str, Any]:
+    cfg = RunConfig()
+    apply_overrides(cfg, [f"model_name={model}"])
+    return _normalised(cfg)
+
+
+def _differences(stored: dict[str, Any], wanted: dict[str, Any], defaults: dict[str, Any],
+                 prefix: str = "") -> list[str]:
+    """Keys whose values differ. A key the stored run lacks matches when the wanted value is the
+    default: the run predates that option, and an option's default keeps the behaviour before it."""
     keys = sorted(set(stored) | set(wanted))
     diffs = []
     for key in keys:
         a, b = stored.get(key), wanted.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            diffs += _differences(a, b, f"{prefix}{key}.")
+            diffs += _differences(a, b, defaults.get(key, {}), f"{prefix}{key}.")
+        elif key not in stored and key in defaults and b == defaults[key]:
+            continue
         elif a != b:
             diffs.append(f"{prefix}{key} ({a!r} there, {b!r} here)")
     return diffs
@@ -126,7 +137,7 @@ def ensure_run(setup: Setup, variant: Variant, seed: int) -> dict[str, Any]:
         stored_cfg = stored.get("config", {})
         if wanted["align"]["lr_grid"]:  # the run chose its own step size on validation
             wanted["align"]["lr"] = stored_cfg.get("align", {}).get("lr")
-        diffs = _differences(stored_cfg, wanted)
+        diffs = _differences(stored_cfg, wanted, _default_config(variant.model))
         if diffs:
             raise ExperimentError(f"{directory} holds a run with another configuration, differing in "
                                   f"{'; '.join(diffs[:3])}; use another --out or remove that folder")
