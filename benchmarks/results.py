@@ -82,7 +82,7 @@ def one_dataset(name: str, args: argparse.Namespace) -> None:
     models = args.models if name == "ml-100k" or not args.synthetic_models else args.synthetic_models
 
     def setup(seeds: list[int]) -> Setup:
-        return Setup(out=out, overrides=overrides, seeds=seeds, progress=not args.quiet)
+        return Setup(out=out, overrides=[*overrides, *args.set], seeds=seeds, progress=not args.quiet)
 
     if "compare" in args.steps:
         compare(setup(args.seeds), models)
@@ -251,6 +251,10 @@ def main() -> None:
                         help="ablation seeds on the synthetic datasets (default: --ablate-seeds)")
     parser.add_argument("--sweep-seeds", type=int, nargs="+", default=[2026])
     parser.add_argument("--iterations", type=int, default=5, help="timed throughput iterations")
+    parser.add_argument("--set", nargs="+", default=[], metavar="[MODEL:]SECTION.KEY=VALUE",
+                        help="overrides for every run of these datasets, or (MODEL:...) for one model's runs, "
+                             "which then live in a folder named after them; for choices made on a dataset's "
+                             "validation split, written in command.txt")
     parser.add_argument("--quiet", action="store_true")
     parser.add_argument("--assemble-only", action="store_true",
                         help="only rewrite docs/results.md from docs/results/ (e.g. after editing the reading)")

@@ -64,3 +64,22 @@ def test_a_hand_written_note_heads_its_section_and_paired_step_rows_appear(resul
     assert section.index("--datasets ml-1m") < section.index("**Stale") < section.index("### Overall performance")
     assert "### T2ARec's test-time step, paired over test users" in section
     assert (tmp_path / "runs" / "ml-1m" / "paired.json").exists()
+
+
+def test_set_overrides_one_models_runs_and_is_recorded(results_module, tmp_path, monkeypatch):
+    import dataclasses
+    import json
+
+    from t2arec.models.sasrec import SASRecConfig
+
+    runs = tmp_path / "runs" / "ml-1m" / "runs"
+    monkeypatch.setattr(sys, "argv", ["results.py", "--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"),
+                                      "--seeds", "1", "--quiet", "--datasets", "ml-1m", "--models", "sasrec", "t2arec",
+                                      "--steps", "compare", "paired", "--set", "t2arec:model.dropout=0.0"])
+    results_module.main()
+    t2arec = json.loads((runs / "t2arec+model.dropout=0.0" / "seed-1" / "results.json").read_text())
+    sasrec = json.loads((runs / "sasrec" / "seed-1" / "results.json").read_text())
+    assert t2arec["config"]["model"]["dropout"] == 0.0
+    assert sasrec["config"]["model"] == json.loads(json.dumps(dataclasses.asdict(SASRecConfig())))  # untouched
+    assert not (runs / "t2arec").exists()
+    assert "--set t2arec:model.dropout=0.0" in (tmp_path / "docs" / "results" / "ml-1m" / "command.txt").read_text()
