@@ -107,6 +107,13 @@ class TokenInputs:
         return source[..., cols]
 
 
+def fold_heads(t: Tensor) -> Tensor:
+    """(B, L, H, w) -> (B H, L, w): heads that share B and C scan as separate rows of the batch
+    (with one head a view)."""
+    bsz, length, heads, width = t.shape
+    return t.transpose(1, 2).reshape(bsz * heads, length, width)
+
+
 class T2AMambaBlock(nn.Module):
     """Unexpanded Mamba-2 mixer (single head in the spec) with the re-fed step and the backward-state head."""
 
@@ -162,12 +169,8 @@ class T2AMambaBlock(nn.Module):
             y, h = scan_kernel(x.view(bsz, length, heads, p), delta, self.A, b, c, self.cfg.chunk_size)
             return y.reshape(bsz, length, d), h
 
-        def fold(t: Tensor) -> Tensor:  # (B, L, H, w) -> (B H, L, w)
-            return t.transpose(1, 2).reshape(bsz * heads, length, t.shape[-1])
-
-        x_delta = fold(x.view(bsz, length, heads, p) * delta[..., None])
-        log_decay = fold((delta * self.A)[..., None])[..., 0]
-        b_heads, c_heads = (fold(t[:, :, None].expand(bsz, length, heads, t.shape[-1])) for t in (b, c))
+        x_delta, log_decay, b_heads = self.folded_inputs(x, delta, b)
+        c_heads = fold_heads(c[:, :, None].expand(bsz, length, heads, c.shape[-1]))
         if self.cfg.sequential_scan:
             y, h = scan_sequential(x_delta, log_decay, b_heads, c_heads)
         else:
@@ -175,19 +178,19 @@ class T2AMambaBlock(nn.Module):
         y = y.view(bsz, heads, length, p).transpose(1, 2).reshape(bsz, length, d)
         return y, h.view(bsz, heads, *h.shape[1:])
 
+    def folded_inputs(self, x: Tensor, delta: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The scan's inputs with the heads folded into the batch: x (B, L, d), delta (B, L, H),
+        b (B, L, d_s) -> Delta x (B H, L, P), log decay Delta A (B H, L), B (B H, L, d_s)."""
+        bsz, length, _ = x.shape
+        x_delta = fold_heads(x.view(bsz, length, self.heads, self.head_dim) * delta[..., None])
+        log_decay = fold_heads((delta * self.A)[..., None])[..., 0]
+        return x_delta, log_decay, fold_heads(b[:, :, None].expand(bsz, length, self.heads, b.shape[-1]))
+
     def final_state_of_heads(self, x: Tensor, delta: Tensor, b: Tensor) -> Tensor:
         """h_n alone (``ssd.final_state``) for every head: x (B, L, d), delta (B, L, H), b (B, L, d_s) ->
         (B, H, d_s, P)."""
-        bsz, length, _ = x.shape
-        heads = self.heads
-
-        def fold(t: Tensor) -> Tensor:  # (B, L, H, w) -> (B H, L, w)
-            return t.transpose(1, 2).reshape(bsz * heads, length, t.shape[-1])
-
-        x_delta = fold(x.view(bsz, length, heads, self.head_dim) * delta[..., None])
-        log_decay = fold((delta * self.A)[..., None])[..., 0]
-        h = final_state(x_delta, log_decay, fold(b[:, :, None].expand(bsz, length, heads, b.shape[-1])))
-        return h.view(bsz, heads, *h.shape[1:])
+        h = final_state(*self.folded_inputs(x, delta, b))
+        return h.view(x.shape[0], self.heads, *h.shape[1:])
 
     def split_conv_output(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         d, ds = self.cfg.hidden_size, self.cfg.state_size
