@@ -22,11 +22,15 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import torch
 
 from t2arec.data.readers import read_interactions
+from t2arec.data.types import SequenceData
+from t2arec.evaluate import metrics_from_ranks, target_ranks
 from t2arec.experiments import Setup
 from t2arec.experiments.report import markdown_table
-from t2arec.experiments.store import Variant, ensure_runs, write_text
+from t2arec.experiments.store import Variant, build_config, ensure_runs, write_text
+from t2arec.pipeline import load_data
 from t2arec.runtime import keep_freed_memory
 
 
@@ -43,6 +47,18 @@ def subsample(path: Path, users: int, seed: int, out: Path) -> Path:
     lines += [f"{u}\t{i}\t{t:.0f}" for u, i, t in kept.iter_rows()]
     write_text(target, "\n".join(lines) + "\n")
     return target
+
+
+def most_popular(data: SequenceData) -> dict[str, float]:
+    """Validation and test NDCG@10 of ranking every item by its count in the training split, the
+    floor a trained model must clear (ties pessimistic, as for the models)."""
+    counts = np.bincount(np.concatenate([items[:-2] for items in data.items]), minlength=data.num_items + 1)
+    scores = torch.as_tensor(counts[1:], dtype=torch.float64).expand(data.num_users, -1)
+    result = {}
+    for split, position in (("valid", -2), ("test", -1)):
+        targets = torch.as_tensor(np.array([items[position] for items in data.items]))
+        result[split] = metrics_from_ranks(target_ranks(scores, targets).numpy())["ndcg@10"]
+    return result
 
 
 def parse_variant(text: str) -> Variant:
@@ -113,6 +129,9 @@ def main() -> None:
             kept = [replay(r["history"], patience) for r in per_seed]
             lost = [r["valid_no_tta"]["ndcg@10"] - k[0] for r, k in zip(per_seed, kept)]
             replays.append([variant.label, str(patience), fmt(lost), fmt([k[2] for k in kept], 0)])
+    popular = most_popular(load_data(build_config(setup, variants[0], args.seeds[0])))
+    rows.append(["most popular (reference)", "counts in the training split", "-", f"{popular['valid']:.4f}",
+                 f"{popular['test']:.4f}", "-", "-", "-"])
     command = "python benchmarks/regime.py " + shlex.join(sys.argv[1:])
     text = (f"### Training regime on `{data.name}` (max length {args.max_len})\n\n```bash\n{command}\n```\n\n"
             f"Validation every {args.eval_steps} steps, patience {args.patience_steps} steps; NDCG@10 without "

@@ -31,3 +31,24 @@ def test_the_study_runs_its_variants_and_writes_the_tables(tmp_path, monkeypatch
     assert "| gru4rec | train.stride_fraction=0.5 |" in text and "| gru4rec | defaults |" in text
     assert text.count("| gru4rec+train.stride_fraction=0.5 |") == 2 and "| gru4rec | 3 |" in text  # replayed rows
     assert len(list((out / "data").glob("*.inter"))) == 1  # the subsampled copy, outside the repository
+
+
+
+def test_most_popular_ranks_items_by_training_counts_only():
+    import math
+
+    import numpy as np
+    import pytest
+
+    from t2arec.data.types import DatasetReport, SequenceData
+
+    regime = load_benchmark("regime")
+    # training parts [1, 1, 2] and [1, 2]: item 1 counts 3, item 2 counts 2, item 3 (a held-out target) 0
+    items = [np.array([1, 1, 2, 3, 1]), np.array([1, 2, 1, 2])]
+    report = DatasetReport(name="tiny", source="memory", time_unit="s", rows_read=9, users=2, items=3,
+                           interactions=9)
+    data = SequenceData(items=items, times=[np.arange(len(s), dtype=float) for s in items],
+                        item_ids=[None, 1, 2, 3], user_ids=[0, 1], report=report)
+    popular = regime.most_popular(data)
+    assert popular["valid"] == pytest.approx((1 / math.log2(4) + 1.0) / 2)  # targets 3 (third) and 1 (first)
+    assert popular["test"] == pytest.approx((1.0 + 1 / math.log2(3)) / 2)  # targets 1 (first) and 2 (second)
