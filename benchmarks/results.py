@@ -14,6 +14,7 @@ under its own command, followed by ``benchmarks/results_reading.md`` (the writte
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import shlex
@@ -110,7 +111,24 @@ def one_dataset(name: str, args: argparse.Namespace) -> None:
     for file in FILES:
         if (out / file).exists():
             shutil.copyfile(out / file, target / file)
-    write_text(target / "command.txt", "python benchmarks/results.py " + shlex.join(sys.argv[1:]) + "\n")
+    record_command(target / "command.txt", "python benchmarks/results.py " + shlex.join(sys.argv[1:]), args.steps)
+
+
+def steps_of(command: str) -> set[str]:
+    """The ``--steps`` a recorded results.py command ran (all of them when it gave none)."""
+    words = shlex.split(command)
+    if "--steps" not in words:
+        return set(STEPS)
+    after = words[words.index("--steps") + 1:]
+    return set(itertools.takewhile(lambda word: not word.startswith("--"), after))
+
+
+def record_command(path: Path, command: str, steps: list[str]) -> None:
+    """Add ``command`` to a section's command.txt, dropping earlier commands whose steps it re-ran: a
+    section can be made by several commands (the trainings, then Table 4 on quiet cores)."""
+    earlier = path.read_text().splitlines() if path.exists() else []
+    kept = [line for line in earlier if line.strip() and not steps_of(line) <= set(steps)]
+    write_text(path, "\n".join([*kept, command]) + "\n")
 
 
 def paired(setup: Setup) -> dict[str, Any]:

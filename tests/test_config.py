@@ -73,3 +73,11 @@ def test_bad_training_regime_values_are_refused(override, message):
 def test_patience_is_counted_in_steps_and_the_old_epoch_key_is_refused():
     with pytest.raises(ConfigError, match="unknown config key 'train.patience'"):
         apply_overrides(RunConfig(), ["train.patience=10"])
+
+
+@pytest.mark.parametrize("model, fraction", [("sasrec", 0.2), ("tim4rec", 0.2), ("ttt4rec", 0.2), ("t2arec", 1.0),
+                                             ("gru4rec", 1.0), ("caser", 1.0), ("bert4rec", 1.0), ("mamba4rec", 1.0)])
+def test_each_model_trains_on_the_stride_chosen_for_it_on_validation(model, fraction):
+    cfg = RunConfig()
+    apply_overrides(cfg, [f"model_name={model}"])
+    assert cfg.train.stride_fraction == fraction  # docs/models.md, "Training regime"

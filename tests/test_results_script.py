@@ -83,3 +83,19 @@ def test_set_overrides_one_models_runs_and_is_recorded(results_module, tmp_path,
     assert sasrec["config"]["model"] == json.loads(json.dumps(dataclasses.asdict(SASRecConfig())))  # untouched
     assert not (runs / "t2arec").exists()
     assert "--set t2arec:model.dropout=0.0" in (tmp_path / "docs" / "results" / "ml-1m" / "command.txt").read_text()
+
+
+def test_a_section_keeps_one_command_per_set_of_steps(tmp_path):
+    results = load_benchmark("results")
+    path = tmp_path / "command.txt"
+    train = "python benchmarks/results.py --datasets ml-1m --models t2arec --steps compare paired --quiet"
+    speed = "python benchmarks/results.py --datasets ml-1m --models sasrec t2arec --steps throughput"
+    results.record_command(path, train, ["compare", "paired"])
+    results.record_command(path, speed, ["throughput"])
+    assert path.read_text().splitlines() == [train, speed]  # Table 4 on quiet cores keeps the trainings' command
+    again = train.replace("t2arec", "t2arec sasrec")
+    results.record_command(path, again, ["compare", "paired"])
+    assert path.read_text().splitlines() == [speed, again]  # a command that re-ran the same steps replaces it
+    everything = "python benchmarks/results.py --datasets ml-1m"
+    results.record_command(path, everything, list(results.STEPS))
+    assert path.read_text().splitlines() == [everything]

@@ -42,8 +42,8 @@ REGISTRY: dict[str, ModelSpec] = {
     "bert4rec": ModelSpec(BERT4RecConfig,
                           lambda m, run: BERT4Rec(dataclasses.replace(m, max_seq_length=run.data.max_len))),
     "mamba4rec": ModelSpec(Mamba4RecConfig, lambda m, run: Mamba4Rec(m)),
-    "tim4rec": ModelSpec(TiM4RecConfig, lambda m, run: TiM4Rec(m)),
-    "ttt4rec": ModelSpec(TTT4RecConfig, lambda m, run: TTT4Rec(m)),
+    "tim4rec": ModelSpec(TiM4RecConfig, lambda m, run: TiM4Rec(m), train_defaults={"stride_fraction": 0.2}),
+    "ttt4rec": ModelSpec(TTT4RecConfig, lambda m, run: TTT4Rec(m), train_defaults={"stride_fraction": 0.2}),
 }
 MODEL_NAMES = tuple(REGISTRY)
 
