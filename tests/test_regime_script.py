@@ -33,7 +33,6 @@ def test_the_study_runs_its_variants_and_writes_the_tables(tmp_path, monkeypatch
     assert len(list((out / "data").glob("*.inter"))) == 1  # the subsampled copy, outside the repository
 
 
-
 def test_most_popular_ranks_items_by_training_counts_only():
     import math
 

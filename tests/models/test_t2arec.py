@@ -378,3 +378,11 @@ def test_aligned_scores_with_and_without_the_shortcuts_agree_in_float32():
     assert not torch.allclose(fast_scores, plain, atol=1e-4)
     assert torch.allclose(fast_scores, slow_scores, atol=1e-5)
     assert fast_stats.param_shift == pytest.approx(slow_stats.param_shift, rel=1e-4)
+
+
+def test_the_default_block_is_gated_and_the_spec_block_has_the_papers_projection_size():
+    d, ds = 8, 4
+    gated = T2ARec(T2ARecConfig(num_items=20, hidden_size=d, state_size=ds))
+    spec = T2ARec(T2ARecConfig(num_items=20, hidden_size=d, state_size=ds, output_gate=False))
+    assert gated.layers[0].mixer.in_proj.out_features == d + (d + 2 * ds + 1)  # z, then the paper's Linear_1
+    assert spec.layers[0].mixer.in_proj.out_features == d + 2 * ds + 1

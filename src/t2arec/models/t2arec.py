@@ -47,7 +47,7 @@ class T2ARecConfig:
     single_layer_residual: bool = False  # Mamba4Rec has no residual around a single SSM layer
     # Mamba-2's (and Mamba4Rec's) output gate y * SiLU(z), z from d more columns of the in-projection.
     # The spec leaves it out (it is not in the paper's Linear_1 size); on by default since issue 10:
-    # validation NDCG@10 with/without on ML-1M 0.1563+/0.1553, Amazon Pantry 0.0408/0.0369, ML-100K
+    # validation NDCG@10 with/without on ML-1M 0.1588/0.1553, Amazon Pantry 0.0408/0.0369, ML-100K
     # 0.0769/0.0774 (2 seeds, a tie), ML-100K at 600 users 0.0736/0.0655, in about half the steps
     # (docs/models.md, "Training regime"). False gives the spec's block exactly.
     output_gate: bool = True
