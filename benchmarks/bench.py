@@ -39,7 +39,7 @@ from t2arec.evaluate import target_ranks
 from t2arec.experiments.throughput import full_batch
 from t2arec.models import MODEL_NAMES, build_model
 from t2arec.models.base import SeqBatch, SequentialRecommender
-from t2arec.runtime import keep_freed_memory
+from t2arec.runtime import flush_denormals, keep_freed_memory
 from t2arec.train import run_epoch
 
 
@@ -164,6 +164,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
     keep_freed_memory()
+    flush_denormals()
     if args.threads:
         torch.set_num_threads(args.threads)
     slow = ["model.fast_inference=false", "model.use_item_table=false"] if args.slow else []

@@ -31,7 +31,7 @@ from t2arec.experiments import Setup
 from t2arec.experiments.report import markdown_table
 from t2arec.experiments.store import Variant, build_config, ensure_runs, write_text
 from t2arec.pipeline import load_data
-from t2arec.runtime import keep_freed_memory
+from t2arec.runtime import flush_denormals, keep_freed_memory
 
 
 def subsample(path: Path, users: int, seed: int, out: Path) -> Path:
@@ -107,6 +107,7 @@ def main() -> None:
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args()
     keep_freed_memory()
+    flush_denormals()
 
     data = subsample(args.data, args.subsample_users, 0, args.out) if args.subsample_users else args.data
     overrides = [f"data.path={data}", f"data.max_len={args.max_len}", f"train.eval_steps={args.eval_steps}",

@@ -31,7 +31,7 @@ from t2arec.experiments.report import markdown_table
 from t2arec.experiments.ablate import paired_markdown, paired_step_tests
 from t2arec.experiments.store import Variant, run_dir, write_text
 from t2arec.pipeline import write_json
-from t2arec.runtime import keep_freed_memory
+from t2arec.runtime import flush_denormals, keep_freed_memory
 
 DATASETS = {
     "ml-100k": ("ML-100K (`../shared/data/ml-100k.inter`, max length 50)",
@@ -278,6 +278,7 @@ def main() -> None:
                         help="only rewrite docs/results.md from docs/results/ (e.g. after editing the reading)")
     args = parser.parse_args()
     keep_freed_memory()
+    flush_denormals()
     if not args.assemble_only:
         for name in args.datasets:
             print(f"== {name}", flush=True)

@@ -1,9 +1,13 @@
 """Seconds per optimiser step by training batch size, on ML-1M's windows (length 200).
 
     python benchmarks/step_time.py [--model t2arec] [--sizes 16,32,64,128] [--data ../shared/data/ml-1m.inter]
+                                   [--state RUN/train_state.pt] [--keep-denormals]
 
 Prints, per batch size, the median step time over 5 steps after 3 warm-up steps, and the pass over
-all windows that it implies (windows / batch x step).
+all windows that it implies (windows / batch x step). ``--state`` starts from the weights and Adam
+moments of a training in progress (a run folder's train_state.pt, made with the same model and data)
+instead of a fresh model: late in training some of them are subnormal floats, and
+``--keep-denormals`` times the steps without flushing those to zero (the behaviour before the fix).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import make_model, median_seconds, ml1m  # noqa: E402
 
 from t2arec.data.batching import training_windows  # noqa: E402
-from t2arec.runtime import keep_freed_memory  # noqa: E402
+from t2arec.runtime import flush_denormals, keep_freed_memory  # noqa: E402
 
 
 def main() -> None:
@@ -27,14 +31,22 @@ def main() -> None:
     parser.add_argument("--sizes", default="16,32,64,128")
     parser.add_argument("--data", default="../shared/data/ml-1m.inter")
     parser.add_argument("--max-len", type=int, default=200)
+    parser.add_argument("--state", type=Path, default=None, help="a run's train_state.pt to start from")
+    parser.add_argument("--keep-denormals", action="store_true", help="do not flush subnormal floats to zero")
     args = parser.parse_args()
     keep_freed_memory()
+    if not args.keep_denormals:
+        flush_denormals()
+    state = torch.load(args.state, map_location="cpu", weights_only=False) if args.state else None
     data = ml1m(args.data)
     windows = training_windows(data, args.max_len, args.max_len)
     print(f"{len(windows)} windows of length {args.max_len}")
     for size in (int(s) for s in args.sizes.split(",")):
         model, cfg = make_model(args.model, data, args.max_len)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
         rng = np.random.default_rng(0)
         model.train()
         batches = iter([windows.batch(rng.choice(len(windows), size, replace=False)) for _ in range(8)])

@@ -2,8 +2,12 @@
 import re
 import sys
 
+import pytest
+import torch
+
 from t2arec.data.prepare import prepare
 from t2arec.data.synthetic import make_synthetic
+from t2arec.models import build_model
 
 from tests.benchmark_scripts import load_benchmark
 
@@ -17,3 +21,22 @@ def test_a_line_per_batch_size(monkeypatch, capsys):
     lines = re.findall(r"batch (\d+): ([0-9.]+) s per step", capsys.readouterr().out)
     assert [size for size, _ in lines] == ["2", "4"]
     assert all(float(seconds) > 0 for _, seconds in lines)
+
+
+def test_starts_from_a_saved_training_state(monkeypatch, capsys, tmp_path):
+    script = load_benchmark("step_time")
+    tiny = prepare(make_synthetic(num_users=40, num_items=30, mean_length=12, seed=0), name="tiny")
+    monkeypatch.setattr(script, "ml1m", lambda path: tiny)
+    model, cfg = script.make_model("t2arec", tiny, 10)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, tmp_path / "state.pt")
+    monkeypatch.setattr(sys, "argv", ["step_time.py", "--sizes", "2", "--max-len", "10",
+                                      "--state", str(tmp_path / "state.pt"), "--keep-denormals"])
+    script.main()
+    assert re.search(r"batch 2: [0-9.]+ s per step", capsys.readouterr().out)
+    # the state is really loaded: one made for another catalogue does not fit the model
+    other = build_model(cfg, tiny.num_items + 5)
+    torch.save({"model": other.state_dict(), "optimizer": {}}, tmp_path / "other.pt")
+    monkeypatch.setattr(sys, "argv", ["step_time.py", "--sizes", "2", "--max-len", "10", "--state", str(tmp_path / "other.pt")])
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        script.main()

@@ -351,9 +351,10 @@ def serve(
 
 
 def main() -> None:
-    from t2arec.runtime import keep_freed_memory
+    from t2arec.runtime import flush_denormals, keep_freed_memory
 
     keep_freed_memory()  # long jobs reuse freed memory instead of faulting fresh pages at every step
+    flush_denormals()  # weights decaying towards zero must not slow training down (runtime.py)
     app()
 
 
