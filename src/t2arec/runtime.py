@@ -8,7 +8,7 @@ a T2ARec training step on MovieLens-1M shapes 30% slower and Mamba4Rec's 50% slo
 to keep freed memory for reuse. The process's resident size then stays at its peak instead of
 shrinking between steps.
 
-Weights and optimiser moments that decay towards zero (Caser's L2-regularised filters, for one)
+Weights and optimiser moments that decay towards zero (some of Caser's convolution filters, for one)
 become subnormal floats after some thousands of steps, and x86 cores compute on subnormals many times
 slower: Caser's ML-1M epochs went from about 45 s to about 90 s after epoch 7 for this reason alone
 (docs/performance.md). ``flush_denormals`` makes PyTorch treat them as zero on the CPU; they are below
