@@ -168,3 +168,16 @@ def test_a_file_that_is_not_a_checkpoint_gives_one_line_error(tmp_path, command,
     assert result.exit_code == 2
     assert f"{bogus}: not a t2arec checkpoint" in result.output
     assert "Traceback" not in result.output
+
+
+def test_the_entry_point_sets_the_process_up_before_any_command(monkeypatch):
+    """`t2arec` (cli.main) keeps freed memory and flushes subnormals before the command runs."""
+    import t2arec.cli as cli
+    import t2arec.runtime as runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "keep_freed_memory", lambda: calls.append("memory") or True)
+    monkeypatch.setattr(runtime, "flush_denormals", lambda: calls.append("flush") or True)
+    monkeypatch.setattr(cli, "app", lambda: calls.append("command"))
+    cli.main()
+    assert calls == ["memory", "flush", "command"]
