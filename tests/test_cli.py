@@ -1,11 +1,17 @@
 """One short end-to-end run of the CLI on a small synthetic dataset, then re-evaluation and errors."""
+import dataclasses
+import gzip
+import hashlib
+import io
 import json
+import zipfile
 
 import pytest
 from typer.testing import CliRunner
 
 from t2arec.cli import app
 from t2arec.models import MODEL_NAMES
+from tests.fileserver import FileServer, closed_port_url
 
 runner = CliRunner()
 SMALL = ["data.synthetic_users=150", "data.synthetic_items=60", "data.max_len=20", "--epochs", "2", "--quiet"]
@@ -181,3 +187,115 @@ def test_the_entry_point_sets_the_process_up_before_any_command(monkeypatch):
     monkeypatch.setattr(cli, "app", lambda: calls.append("command"))
     cli.main()
     assert calls == ["memory", "flush", "command"]
+
+
+# ----------------------------------------------------------------------------- datasets by name and archives
+
+
+def one_error_line(result) -> str:
+    """The single ``error:`` line a failed command prints, checked for exit code 2 and no traceback."""
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.strip().splitlines() if line]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+def ml1m_zip_bytes(tmp_path) -> bytes:
+    """A small log packed like GroupLens' ml-1m.zip (ml-1m/ratings.dat with '::', plus other files)."""
+    frame = small_log()
+    ratings = "".join(f"{u}::{i}::4::{int(t)}\n" for u, i, t in frame.iter_rows())
+    path = tmp_path / "packed.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("ml-1m/README", "MovieLens 1M\n")
+        archive.writestr("ml-1m/users.dat", "1::F::1::10::48067\n")
+        archive.writestr("ml-1m/ratings.dat", ratings)
+    return path.read_bytes()
+
+
+def test_datasets_lists_the_known_datasets_with_size_check_licence_and_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("T2AREC_HOME", str(tmp_path))
+    result = runner.invoke(app, ["datasets"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    names = [line.split()[0] for line in lines[1:-1]]
+    for name in ["ml-100k", "ml-1m", "ml-10m", "ml-20m", "ml-25m", "ml-latest-small", "amazon2018-prime-pantry"]:
+        assert name in names
+    assert "md5 (publisher)" in result.output and "size (as served)" in result.output
+    assert lines[-1].startswith(f"cache: {tmp_path / 'datasets'}")
+    listed = json.loads(runner.invoke(app, ["datasets", "--json"]).output)
+    assert listed["cache"] == str(tmp_path / "datasets")
+    ml1m = next(d for d in listed["datasets"] if d["name"] == "ml-1m")
+    assert ml1m["checksum"] == {"kind": "md5", "value": "c4d9eecfca2ab87c1945afe126590906"} and not ml1m["cached"]
+
+
+def test_a_dataset_name_offline_fails_in_one_line_naming_the_url_and_the_fix(tmp_path, monkeypatch):
+    base = closed_port_url()
+    monkeypatch.setenv("T2AREC_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("T2AREC_DATASETS_URL", base)
+    result = runner.invoke(app, ["run", "--data", "ml-1m", "--epochs", "1", "--out", str(tmp_path / "o"), "--quiet"])
+    line = one_error_line(result)
+    assert f"cannot download {base}/ml-1m.zip" in line and "--data /path/to/ml-1m.zip" in line
+    assert not (tmp_path / "o" / "results.json").exists()
+
+
+def test_a_download_that_fails_its_checksum_is_one_line_and_not_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("T2AREC_HOME", str(tmp_path / "home"))
+    with FileServer({"ml-1m.zip": b"this is not the GroupLens archive"}) as server:
+        monkeypatch.setenv("T2AREC_DATASETS_URL", server.url)
+        result = runner.invoke(app, ["run", "--data", "ml-1m", "--out", str(tmp_path / "o"), "--quiet"])
+    line = one_error_line(result)
+    assert f"md5 mismatch for {server.url}/ml-1m.zip" in line and "expected c4d9eecfca2ab87c1945afe126590906" in line
+    assert list((tmp_path / "home" / "datasets").iterdir()) == []
+
+
+def test_an_unknown_dataset_name_suggests_close_ones(tmp_path):
+    line = one_error_line(runner.invoke(app, ["compare", "--data", "ml-1mm", "--out", str(tmp_path), "--quiet"]))
+    assert "ml-1mm: no such file and not a known dataset name (did you mean 'ml-1m'" in line
+
+
+def test_a_dataset_by_name_is_downloaded_once_and_evaluate_finds_it_in_the_cache(tmp_path, monkeypatch):
+    from t2arec.data import datasets
+
+    packed = ml1m_zip_bytes(tmp_path)
+    # the real entry with this fixture's checksum: everything else (URL name, member, format) as registered
+    monkeypatch.setitem(datasets.REGISTRY, "ml-1m", dataclasses.replace(
+        datasets.REGISTRY["ml-1m"], checksum=("md5", hashlib.md5(packed).hexdigest())))
+    monkeypatch.setenv("T2AREC_HOME", str(tmp_path / "home"))
+    out = tmp_path / "run"
+    with FileServer({"ml-1m.zip": packed}) as server:
+        monkeypatch.setenv("T2AREC_DATASETS_URL", server.url)
+        result = runner.invoke(app, ["run", "--data", "ml-1m", "--epochs", "1", "--max-len", "20", "--out", str(out), "--quiet"])
+        assert result.exit_code == 0, result.output
+        assert [r["path"] for r in server.requests] == ["ml-1m.zip"]
+    cached = tmp_path / "home" / "datasets" / "ml-1m.zip"
+    assert cached.read_bytes() == packed
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["data"]["path"] == "ml-1m"
+    assert results["dataset"]["name"] == "ml-1m" and results["dataset"]["source"] == f"{cached}:ml-1m/ratings.dat"
+    assert results["dataset"]["users"] == 120
+
+    # the server is gone: evaluate reads the checkpoint's "ml-1m" from the cache
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(out / "checkpoint"), "--out", str(tmp_path / "ev"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "ev" / "results.json").read_text())["test_no_tta"] == results["test_no_tta"]
+
+
+@pytest.mark.parametrize("kind", ["zip", "gz"])
+def test_local_archives_are_read_directly(tmp_path, kind):
+    packed = ml1m_zip_bytes(tmp_path)
+    if kind == "zip":
+        path = tmp_path / "ml-1m.zip"
+        path.write_bytes(packed)
+        name, source = "ml-1m", f"{path}:ml-1m/ratings.dat"
+    else:
+        path = tmp_path / "ratings.dat.gz"
+        with zipfile.ZipFile(io.BytesIO(packed)) as archive:
+            path.write_bytes(gzip.compress(archive.read("ml-1m/ratings.dat")))
+        name, source = "ratings", str(path)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", "--data", str(path), "--epochs", "1", "--max-len", "20", "--out", str(out), "--quiet"])
+    assert result.exit_code == 0, result.output
+    dataset = json.loads((out / "results.json").read_text())["dataset"]
+    assert dataset["name"] == name and dataset["source"] == source and dataset["users"] == 120
+    assert {p.name for p in tmp_path.iterdir()} == {path.name, "packed.zip", "out"}  # nothing was unpacked

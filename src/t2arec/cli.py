@@ -1,6 +1,7 @@
 """The ``t2arec`` command: one sub-command per job. It parses, calls the library and prints."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -15,6 +16,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="T2ARec: sequential recommendation with test-time alignment.")
 
 
+DATA_HELP = ("Interaction file, archive (x.zip, x.zip:MEMBER, x.gz, x.zst) or dataset name from 't2arec datasets' "
+             "(downloaded once into the cache); omit for the built-in synthetic dataset.")
 ALIGN_HELP = ("Test-time alignment. Default: as the checkpoint says (the step chosen on validation, or none when "
               "no step's gain was significant); --align forces the stored step, --no-align turns it off.")
 
@@ -49,7 +52,7 @@ def run_guarded(job: Any) -> Any:
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def run(
     ctx: typer.Context,
-    data: Optional[Path] = typer.Option(None, help="Interaction file; omit for the built-in synthetic dataset."),
+    data: Optional[str] = typer.Option(None, metavar="PATH|NAME", help=DATA_HELP),
     format: str = typer.Option("auto", "--format", help="auto | recbole | movielens | csv | parquet"),
     columns: Optional[str] = typer.Option(None, help="Column mapping, e.g. user=uid,item=iid,time=ts"),
     time_unit: Optional[str] = typer.Option(None, help="auto | s | ms | datetime"),
@@ -103,7 +106,9 @@ def run(
 @app.command()
 def evaluate(
     checkpoint: Path = typer.Option(..., help="A checkpoint written by 't2arec run'."),
-    data: Optional[Path] = typer.Option(None, help="Interaction file (default: the one it was trained on)."),
+    data: Optional[str] = typer.Option(None, metavar="PATH|NAME",
+                                       help="Interaction file, archive or dataset name (default: the one it was "
+                                            "trained on)."),
     format: Optional[str] = typer.Option(None, "--format", help="auto | recbole | movielens | csv | parquet"),
     columns: Optional[str] = typer.Option(None, help="Column mapping, e.g. user=uid,item=iid,time=ts"),
     batch_size: Optional[int] = typer.Option(None, help="Evaluation (and alignment) batch size."),
@@ -125,7 +130,7 @@ def evaluate(
 
 
 # Options shared by the experiment commands (one definition, reused by each command's signature).
-DATA_OPT = typer.Option(None, help="Interaction file; omit for the built-in synthetic dataset.")
+DATA_OPT = typer.Option(None, metavar="PATH|NAME", help=DATA_HELP)
 FORMAT_OPT = typer.Option("auto", "--format", help="auto | recbole | movielens | csv | parquet")
 MAX_LEN_OPT = typer.Option(None, help="Maximum input length.")
 EPOCHS_OPT = typer.Option(None, help="Maximum training epochs per run.")
@@ -159,7 +164,7 @@ def parse_seeds(text: str) -> list[int]:
     return parse_list(text, int, "seeds")
 
 
-def experiment_setup(ctx: typer.Context, out: Path, data: Optional[Path], format: str, max_len: Optional[int],
+def experiment_setup(ctx: typer.Context, out: Path, data: Optional[str], format: str, max_len: Optional[int],
                      epochs: Optional[int], seeds: str, device: str, quiet: bool) -> Any:
     """The Setup every experiment command builds from the shared options and key=value overrides."""
     from t2arec.experiments import Setup
@@ -189,7 +194,7 @@ def compare(ctx: typer.Context,
             models: str = typer.Option("caser,gru4rec,bert4rec,sasrec,mamba4rec,tim4rec,ttt4rec,t2arec",
                                        help=MODELS_HELP),
             seeds: str = typer.Option("3", help=SEEDS_HELP),
-            data: Optional[Path] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
+            data: Optional[str] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
             epochs: Optional[int] = EPOCHS_OPT, device: str = DEVICE_OPT,
             out: Path = typer.Option(Path("runs/compare"), help="Output folder (finished runs are reused)."),
             quiet: bool = QUIET_OPT) -> None:
@@ -208,7 +213,7 @@ def compare(ctx: typer.Context,
 
 @app.command(context_settings=EXTRA)
 def ablate(ctx: typer.Context, seeds: str = SEEDS_OPT,
-           data: Optional[Path] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
+           data: Optional[str] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
            epochs: Optional[int] = EPOCHS_OPT, device: str = DEVICE_OPT,
            out: Path = typer.Option(Path("runs/ablate"), help="Output folder (finished runs are reused)."),
            quiet: bool = QUIET_OPT) -> None:
@@ -228,7 +233,7 @@ def sweep(ctx: typer.Context, seeds: str = SEEDS_OPT,
           train_grid: str = typer.Option("0,0.01,0.1,1,10", help="Training weights for mu1 and mu2 (Figure 6)."),
           test_grid: str = typer.Option("0,0.001,0.01,0.1,1", help="Test-time weights for mu1 and mu2 (Figure 7)."),
           phases: str = typer.Option("train,test", help="Which sweeps: train, test or both."),
-          data: Optional[Path] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
+          data: Optional[str] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
           epochs: Optional[int] = EPOCHS_OPT, device: str = DEVICE_OPT,
           out: Path = typer.Option(Path("runs/sweep"), help="Output folder (finished runs are reused)."),
           quiet: bool = QUIET_OPT) -> None:
@@ -252,7 +257,7 @@ def sweep(ctx: typer.Context, seeds: str = SEEDS_OPT,
 @app.command(context_settings=EXTRA)
 def segments(ctx: typer.Context, models: str = typer.Option("tim4rec,ttt4rec,t2arec", help=MODELS_HELP),
              seeds: str = typer.Option("3", help=SEEDS_HELP),
-             data: Optional[Path] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
+             data: Optional[str] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
              epochs: Optional[int] = EPOCHS_OPT, device: str = DEVICE_OPT,
              out: Path = typer.Option(Path("runs/compare"), help="Output folder (finished runs are reused)."),
              quiet: bool = QUIET_OPT) -> None:
@@ -274,7 +279,7 @@ def throughput(ctx: typer.Context,
                batch_size: int = typer.Option(4096, help="Test users per iteration."),
                iterations: int = typer.Option(5, help="Timed iterations per model (the median is reported)."),
                warmup: int = typer.Option(1, help="Untimed iterations first."),
-               data: Optional[Path] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
+               data: Optional[str] = DATA_OPT, format: str = FORMAT_OPT, max_len: Optional[int] = MAX_LEN_OPT,
                device: str = DEVICE_OPT,
                out: Path = typer.Option(Path("runs/throughput"), help="Output folder."),
                quiet: bool = QUIET_OPT) -> None:
@@ -290,6 +295,19 @@ def throughput(ctx: typer.Context,
 
     typer.echo(to_markdown(run_guarded(job)))
     echo_written(out, ["throughput.json", "throughput.md", "throughput.png"])
+
+
+@app.command()
+def datasets(as_json: bool = typer.Option(False, "--json", help="JSON instead of a table.")) -> None:
+    """The public datasets --data accepts by name: size, check, licence and source. T2AREC_HOME sets the cache."""
+    from t2arec.data.datasets import cache_dir, format_listing, listing
+
+    rows = listing()
+    if as_json:
+        typer.echo(json.dumps({"cache": str(cache_dir()), "datasets": rows}, indent=2))
+        return
+    typer.echo(format_listing(rows))
+    typer.echo(f"cache: {cache_dir()} (set T2AREC_HOME to change it); check: what is verified after a download")
 
 
 @app.command()

@@ -23,7 +23,9 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    path: str | None = None  # None: the built-in synthetic interest-shift dataset
+    # a file, an archive (x.zip, x.zip:member, x.gz, x.zst) or a dataset name (t2arec datasets);
+    # None: the built-in synthetic interest-shift dataset
+    path: str | None = None
     format: str = "auto"  # auto | recbole | movielens | csv | parquet
     columns: dict[str, str] = field(default_factory=dict)  # {"user": ..., "item": ..., "time": ...}
     time_unit: str = "auto"  # auto | s | ms | datetime

@@ -19,6 +19,7 @@ from t2arec.align import AlignConfig, alignment_runs
 from t2arec.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from t2arec.config import DataConfig, RunConfig, TrainConfig, validate
 from t2arec.data.batching import Examples, evaluation_examples, training_windows
+from t2arec.data.datasets import resolve_data
 from t2arec.data.prepare import prepare
 from t2arec.data.readers import read_interactions
 from t2arec.data.synthetic import make_synthetic
@@ -43,17 +44,25 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_data(cfg: RunConfig) -> SequenceData:
-    """Read (or generate) and prepare the interactions named by ``cfg.data``."""
+def load_data(cfg: RunConfig, progress: bool = False) -> SequenceData:
+    """Read (or generate) and prepare the interactions named by ``cfg.data``.
+
+    ``data.path`` may be a file, an archive or a known dataset's name (``t2arec datasets``), which is
+    downloaded into the cache the first time (with a progress bar when ``progress``). The config keeps
+    the name, so a checkpoint trained on ``ml-1m`` finds its data again through the cache.
+    """
     data_cfg = cfg.data
     if data_cfg.path is None:
         interactions = make_synthetic(num_users=data_cfg.synthetic_users, num_items=data_cfg.synthetic_items,
                                       shift=data_cfg.synthetic_shift, seed=data_cfg.synthetic_seed)
         name = f"synthetic-shift{data_cfg.synthetic_shift:g}"
     else:
-        interactions = read_interactions(data_cfg.path, fmt=data_cfg.format, columns=data_cfg.columns or None,
-                                         time_unit=data_cfg.time_unit, duplicates=data_cfg.duplicates)
-        name = Path(data_cfg.path).stem
+        ref = resolve_data(data_cfg.path, progress=progress)
+        fmt = data_cfg.format if data_cfg.format != "auto" else ref.fmt
+        interactions = read_interactions(ref.path, fmt=fmt, columns=data_cfg.columns or None,
+                                         time_unit=data_cfg.time_unit, duplicates=data_cfg.duplicates,
+                                         member=ref.member, fields=ref.fields if fmt == ref.fmt else None)
+        name = ref.name
     return prepare(interactions, name=name, min_count=data_cfg.min_count)
 
 
@@ -139,7 +148,7 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = True,
     validate(cfg)
     device = resolve_device(cfg.device)
     out_dir = Path(out_dir)
-    data = load_data(cfg)
+    data = load_data(cfg, progress=progress)
     if on_data is not None:
         on_data(data)
     max_len = cfg.data.max_len
@@ -225,7 +234,7 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, cfg_changes
     if cfg_changes.get("align") is not None:  # --align forces the stored step even when none was chosen
         cfg.align.enabled = cfg_changes["align"]
     device = resolve_device(cfg_changes.get("device", "cpu"))
-    data = remap_items(load_data(cfg), payload["item_ids"])
+    data = remap_items(load_data(cfg, progress=progress), payload["item_ids"])
     test = evaluation_examples(data, "test", cfg.data.max_len)
     test_ev = evaluate_split(model, test, cfg.align, device, progress=progress)
     applied = test_ev.aligned is not None
