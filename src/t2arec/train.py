@@ -79,7 +79,7 @@ def run_epoch(model: SequentialRecommender, windows: Examples, optimizer: torch.
     each global batch of ``cfg.batch_size`` windows is then split across the ranks, and the losses
     returned are those of the global batches, the same on every rank.
     """
-    (shared or model).train()
+    (model if shared is None else shared).train()
     order = rng.permutation(np.tile(np.arange(len(windows)), cfg.window_repeats))
     sums: dict[str, float] = {}
     batches = 0
