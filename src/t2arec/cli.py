@@ -70,7 +70,11 @@ def run(
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
     """Train and evaluate a model. Extra arguments are overrides: section.key=value
-    (sections data, model, train, align; e.g. model.dropout=0.3 align.lr=1.0)."""
+    (sections data, model, train, align; e.g. model.dropout=0.3 align.lr=1.0).
+
+    Under torchrun (torchrun --nproc-per-node N -m t2arec run ...) the N processes share training
+    and evaluation; rank 0 prints and writes (docs/scaling.md)."""
+    from t2arec import distributed
     from t2arec.pipeline import run as run_pipeline
 
     def job() -> dict[str, Any]:
@@ -91,12 +95,20 @@ def run(
         stride = cfg.train.window_stride(cfg.data.max_len)
 
         def announce(data: Any) -> None:  # before training starts: a long run shows at once what was read
+            if not distributed.is_main():
+                return
             typer.echo(data.report.summary())
             typer.echo(f"training     {cfg.model_name}, max length {cfg.data.max_len}, {stride} targets per window")
+            if distributed.world_size() > 1:
+                typer.echo(f"processes    {distributed.world_size()}, {cfg.train.batch_size} windows per step "
+                           "across them")
 
-        return run_pipeline(cfg, out, progress=not quiet, on_data=announce)
+        with distributed.process_group(cfg.device):
+            return run_pipeline(cfg, out, progress=not quiet, on_data=announce)
 
     results = run_guarded(job)
+    if not distributed.is_main():
+        return
     typer.echo(f"best at step {results['best_step']} (epoch {results['best_epoch']}) of {results['steps']}, "
                f"{results['training_windows']:,} training windows, training {results['train_seconds']:.1f} s")
     typer.echo(format_table(results))

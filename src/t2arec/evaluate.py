@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from t2arec import distributed
 from t2arec.align import AlignConfig, score_batch
 from t2arec.data.batching import Examples
 from t2arec.models.base import SequentialRecommender
@@ -70,20 +71,24 @@ def evaluate(
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> EvalResult:
-    """Rank every example's target among all items; align each batch first when ``align`` is enabled."""
+    """Rank every example's target among all items; align each batch first when ``align`` is enabled.
+
+    Under torchrun the batches (the same ones as in one process: an alignment step depends on the
+    batch) are dealt to the processes in turn, and every process returns the whole result.
+    """
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    ranks, shifts = [], []
     starts = range(0, len(examples), batch_size)
-    for begin in tqdm(starts, desc="evaluate", disable=not progress, leave=False):
-        batch = examples.batch(slice(begin, begin + batch_size)).to(device)
+    done: dict[int, tuple[np.ndarray, float | None]] = {}  # batch number -> (ranks, parameter shift)
+    for number in tqdm(distributed.rank_share(len(starts)), desc="evaluate", disable=not progress, leave=False):
+        batch = examples.batch(slice(starts[number], starts[number] + batch_size)).to(device)
         scores, stats = score_batch(model, batch, align)
-        ranks.append(target_ranks(scores, batch.targets).cpu().numpy())
-        if stats is not None:
-            shifts.append(stats.param_shift)
+        done[number] = (target_ranks(scores, batch.targets).cpu().numpy(), stats.param_shift if stats else None)
     model.train(was_training)
-    all_ranks = np.concatenate(ranks) if ranks else np.zeros(0, dtype=np.int64)
+    per_batch = distributed.gather_in_order(done, len(starts))
+    all_ranks = np.concatenate([r for r, _ in per_batch]) if per_batch else np.zeros(0, dtype=np.int64)
+    shifts = [shift for _, shift in per_batch if shift is not None]
     return EvalResult(all_ranks, metrics_from_ranks(all_ranks, ks), shifts, time.perf_counter() - start)
 
 

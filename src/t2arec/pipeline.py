@@ -15,6 +15,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from t2arec import distributed
 from t2arec.align import AlignConfig, alignment_runs
 from t2arec.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from t2arec.config import DataConfig, RunConfig, TrainConfig, validate
@@ -39,9 +40,10 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device named; under torchrun, ``cuda`` is this process's own GPU."""
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available on this machine")
-    return torch.device(name)
+    return distributed.local_device(name)
 
 
 def load_data(cfg: RunConfig, progress: bool = False) -> SequenceData:
@@ -144,8 +146,13 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = True,
     Training resumes from ``out_dir/train_state.pt`` when an earlier call with the same configuration
     was interrupted; the state is removed once the results are written. ``on_data`` is called with the
     prepared data before training starts (the CLI prints its summary).
+
+    Under torchrun (``distributed.process_group``) every process calls this: training and evaluation
+    are shared, every process returns the same results, and rank 0 alone shows progress and writes.
     """
     validate(cfg)
+    main = distributed.is_main()
+    progress = progress and main
     device = resolve_device(cfg.device)
     out_dir = Path(out_dir)
     data = load_data(cfg, progress=progress)
@@ -171,8 +178,9 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = True,
                 "train_seconds": trained.train_seconds,
                 "valid": (valid_ev.aligned or valid_ev.unaligned).metrics, "valid_no_tta": valid_ev.unaligned.metrics}
     # the checkpoint holds the configuration as used, so evaluate/recommend/serve follow the choice
-    save_checkpoint(out_dir / "checkpoint", model, {**cfg.to_dict(), "align": dataclasses.asdict(used)},
-                    data.item_ids, data.report.to_dict(), training)
+    if main:
+        save_checkpoint(out_dir / "checkpoint", model, {**cfg.to_dict(), "align": dataclasses.asdict(used)},
+                        data.item_ids, data.report.to_dict(), training)
     test_ev = evaluate_split(model, test, used, device, progress=progress)
     results = {
         "model": cfg.model_name,
@@ -185,8 +193,10 @@ def run(cfg: RunConfig, out_dir: str | Path, progress: bool = True,
         "alignment_selection": choice.rows,
         "history": trained.history,
     }
-    write_json(out_dir / "results.json", results)
-    state_path.unlink(missing_ok=True)
+    if main:
+        write_json(out_dir / "results.json", results)
+        state_path.unlink(missing_ok=True)
+    distributed.barrier()  # no process moves on (and looks for these files) before they are written
     return results
 
 

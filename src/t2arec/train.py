@@ -11,6 +11,10 @@ The best weights are kept in memory and left in the model; writing the final che
 caller's job (``pipeline.run``). With ``state_path``, the whole training state (weights, optimiser,
 random generators, best weights, history) is written atomically after every epoch, and a later call
 with the same path continues from it exactly where it stopped.
+
+Under torchrun (a process group is running, ``t2arec.distributed``) the same loop runs on every
+process: each takes its slice of every global batch, DistributedDataParallel averages the gradients,
+validation is shared, and only rank 0 writes the training state (which all ranks resume from).
 """
 from __future__ import annotations
 
@@ -25,6 +29,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from t2arec import distributed
 from t2arec.align import AlignConfig
 from t2arec.checkpoint import atomic_write
 from t2arec.config import TrainConfig
@@ -66,17 +71,28 @@ def steps_per_epoch(windows: Examples, cfg: TrainConfig) -> int:
 
 
 def run_epoch(model: SequentialRecommender, windows: Examples, optimizer: torch.optim.Optimizer,
-              cfg: TrainConfig, rng: np.random.Generator, device: torch.device | str) -> dict[str, float]:
-    """One pass over all windows (``window_repeats`` times each) in a random order; the mean of each loss."""
-    model.train()
+              cfg: TrainConfig, rng: np.random.Generator, device: torch.device | str,
+              shared: torch.nn.Module | None = None) -> dict[str, float]:
+    """One pass over all windows (``window_repeats`` times each) in a random order; the mean of each loss.
+
+    ``shared``: the model's loss under DistributedDataParallel (``distributed.wrap_for_training``);
+    each global batch of ``cfg.batch_size`` windows is then split across the ranks, and the losses
+    returned are those of the global batches, the same on every rank.
+    """
+    (model if shared is None else shared).train()
     order = rng.permutation(np.tile(np.arange(len(windows)), cfg.window_repeats))
     sums: dict[str, float] = {}
     batches = 0
     for begin in range(0, len(order), cfg.batch_size):
-        batch = windows.batch(order[begin : begin + cfg.batch_size]).to(device)
-        losses = model.training_losses(batch)
+        rows = order[begin : begin + cfg.batch_size]
+        if shared is None:
+            losses = model.training_losses(windows.batch(rows).to(device))
+            loss = losses["total"]
+        else:
+            mine, holds_windows = distributed.rank_rows(rows)
+            loss, losses = shared(windows.batch(mine).to(device), holds_windows)
         optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        loss.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         optimizer.step()
@@ -103,9 +119,17 @@ def _save_state(path: Path, model: SequentialRecommender, optimizer: torch.optim
     atomic_write(path, lambda handle: torch.save(payload, handle))
 
 
-def _load_state(path: Path, model: SequentialRecommender, optimizer: torch.optim.Optimizer,
+def _read_state(path: Path | None) -> dict[str, Any] | None:
+    """The saved training state, None when there is none. With several processes rank 0 reads it
+    and sends it to the others, whose disks need not hold it (several nodes)."""
+    payload = None
+    if distributed.is_main() and path is not None and path.exists():
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    return distributed.broadcast_object(payload)
+
+
+def _load_state(path: Path, payload: dict[str, Any], model: SequentialRecommender, optimizer: torch.optim.Optimizer,
                 rng: np.random.Generator, fingerprint: dict[str, Any]) -> tuple[dict[str, Any], Progress]:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
     if payload.get("version") != STATE_VERSION or payload.get("fingerprint") != fingerprint:
         raise ValueError(f"{path}: this training state belongs to another run (configuration or data differ); "
                          "remove it or choose another output folder")
@@ -131,10 +155,12 @@ def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg:
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     fingerprint = fingerprint or {}
     state_path = Path(state_path) if state_path is not None else None
-    if state_path is not None and state_path.exists():
-        best_state, done = _load_state(state_path, model, optimizer, rng, fingerprint)
+    payload = _read_state(state_path)
+    if payload is not None:
+        best_state, done = _load_state(state_path, payload, model, optimizer, rng, fingerprint)
     else:
         best_state, done = copy.deepcopy(model.state_dict()), Progress()
+    shared = distributed.wrap_for_training(model, torch.device(device))  # None with one process
     per_epoch = steps_per_epoch(windows, cfg)
     bar = tqdm(range(done.epoch + 1, cfg.epochs + 1), desc="train", disable=not progress, unit="epoch",
                initial=done.epoch, total=cfg.epochs)
@@ -142,7 +168,9 @@ def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg:
         if done.stopped:
             break
         epoch_start = time.perf_counter()
-        losses = run_epoch(model, windows, optimizer, cfg, rng, device)
+        if shared is not None:
+            torch.manual_seed(distributed.epoch_seed(seed, epoch))
+        losses = run_epoch(model, windows, optimizer, cfg, rng, device, shared)
         done.epoch, done.step = epoch, done.step + per_epoch
         row = {"epoch": epoch, "step": done.step, **{f"loss_{k}": v for k, v in losses.items()}}
         if done.step // cfg.eval_steps > done.last_eval_step // cfg.eval_steps or epoch == cfg.epochs:
@@ -160,7 +188,7 @@ def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg:
         done.seconds += row["seconds"]
         bar.set_postfix(step=done.step, loss=f"{losses['total']:.4f}",
                         best=f"{max(done.best_score, 0):.4f}@{done.best_step}")
-        if state_path is not None:
+        if state_path is not None and distributed.is_main():
             _save_state(state_path, model, optimizer, best_state, rng, done, fingerprint)
     model.load_state_dict(best_state)
     return TrainResult(best_epoch=done.best_epoch, best_valid=done.best_valid, best_step=done.best_step,

@@ -39,8 +39,37 @@ class SeqBatch:
         return self.items > 0
 
 
+@dataclass
+class LossTerm:
+    """One term of a training loss: ``value`` is a mean over ``count`` units of the batch (target
+    positions, windows, pairs of positions) and ``total`` adds ``weight * value``.
+
+    The count is what lets training on several processes reproduce the loss of one process over the
+    whole batch: each process holds part of the batch, so its mean must be weighed by its share of
+    the units (``t2arec.distributed``). ``count`` None: the term is no average over the batch (a
+    weight regulariser) and is the same whatever the batch holds.
+    """
+
+    value: Tensor
+    count: Tensor | int | None = None
+    weight: float = 1.0
+
+
+def combine_terms(terms: dict[str, LossTerm]) -> dict[str, Tensor]:
+    """Each term's value under its name, and ``total``: the weighted sum, in the order given."""
+    losses = {name: term.value for name, term in terms.items()}
+    total = None
+    for term in terms.values():
+        # a weight of 1 is left out rather than multiplied: the graph stays as it was written by hand
+        part = term.value if term.weight == 1.0 else term.weight * term.value
+        total = part if total is None else total + part
+    losses["total"] = total
+    return losses
+
+
 class SequentialRecommender(nn.Module):
-    """Base class. Subclasses implement ``training_losses`` and ``score``.
+    """Base class. Subclasses implement ``loss_terms`` (or ``training_losses`` directly, when they are
+    never trained on several processes) and ``score``.
 
     Capabilities are declared, not inferred from names:
     ``uses_time``: the model reads ``gaps``/``next_gap``;
@@ -50,9 +79,13 @@ class SequentialRecommender(nn.Module):
     uses_time: bool = False
     has_alignment_loss: bool = False
 
+    def loss_terms(self, batch: SeqBatch) -> dict[str, LossTerm]:
+        """The terms of the training loss of one batch, each a mean with its count and weight."""
+        raise NotImplementedError(f"{type(self).__name__} does not report its loss terms")
+
     def training_losses(self, batch: SeqBatch) -> dict[str, Tensor]:
         """Losses for one training batch; key ``total`` is what the optimiser minimises."""
-        raise NotImplementedError
+        return combine_terms(self.loss_terms(batch))
 
     def score(self, batch: SeqBatch) -> Tensor:
         """(B, num_items) scores of items 1..num_items for the position after the last input."""
@@ -93,11 +126,11 @@ class NextItemModel(SequentialRecommender):
         """(..., d) -> (..., num_items) against item embeddings 1..num_items."""
         return hidden @ self.item_embedding.weight[1:].T
 
-    def training_losses(self, batch: SeqBatch) -> dict[str, Tensor]:
+    def loss_terms(self, batch: SeqBatch) -> dict[str, LossTerm]:
         hidden = self.encode(batch.items)
         has_target = batch.targets > 0
         rec = full_cross_entropy(hidden[has_target], self.item_embedding.weight[1:], batch.targets[has_target] - 1)
-        return {"rec": rec, "total": rec}
+        return {"rec": LossTerm(rec, has_target.sum())}
 
     def score(self, batch: SeqBatch) -> Tensor:
         return self.item_scores(self.encode(batch.items)[:, -1])

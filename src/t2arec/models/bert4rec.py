@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2arec.models.base import SeqBatch, SequentialRecommender, init_normal_
+from t2arec.models.base import LossTerm, SeqBatch, SequentialRecommender, init_normal_
 from t2arec.models.layers import TransformerLayer
 from t2arec.models.losses import full_cross_entropy
 
@@ -125,7 +125,7 @@ class BERT4Rec(SequentialRecommender):
         return torch.where(fine_tune[:, None], last_only, cloze)
 
     # --- the SequentialRecommender contract --------------------------------------------------------
-    def training_losses(self, batch: SeqBatch) -> dict[str, Tensor]:
+    def loss_terms(self, batch: SeqBatch) -> dict[str, LossTerm]:
         """Cloze loss on the window's sequence: its inputs followed by its last target.
 
         (Training windows end with a target; a row whose last target is 0 simply has one padding
@@ -136,7 +136,7 @@ class BERT4Rec(SequentialRecommender):
         o = self.encode(sequence.masked_fill(hidden, self.mask_token))
         rec = full_cross_entropy(o[hidden], self.item_embedding.weight[1 : self.cfg.num_items + 1],
                                  sequence[hidden] - 1, bias=self.output_bias)
-        return {"rec": rec, "total": rec}
+        return {"rec": LossTerm(rec, hidden.sum())}  # a mean over the hidden positions
 
     def score(self, batch: SeqBatch) -> Tensor:
         mask_column = torch.full_like(batch.items[:, :1], self.mask_token)

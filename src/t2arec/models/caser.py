@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2arec.models.base import SeqBatch, SequentialRecommender
+from t2arec.models.base import LossTerm, SeqBatch, SequentialRecommender
 from t2arec.models.losses import full_cross_entropy
 
 
@@ -189,13 +189,13 @@ class Caser(SequentialRecommender):
         return self.cfg.reg_weight * sum(w.norm(2) for w in weights)
 
     # --- the SequentialRecommender contract --------------------------------------------------------
-    def training_losses(self, batch: SeqBatch) -> dict[str, Tensor]:
-        """Cross-entropy over all items at every position with a target (each with its own window)."""
+    def loss_terms(self, batch: SeqBatch) -> dict[str, LossTerm]:
+        """Cross-entropy over all items at every position with a target (each with its own window),
+        plus the weight regulariser (no average over the batch: no count)."""
         out = self.encode(batch.items)
         has_target = batch.targets > 0
         rec = full_cross_entropy(out[has_target], self.item_embedding.weight[1:], batch.targets[has_target] - 1)
-        reg = self.reg_loss()
-        return {"rec": rec, "reg": reg, "total": rec + reg}
+        return {"rec": LossTerm(rec, has_target.sum()), "reg": LossTerm(self.reg_loss())}
 
     def score(self, batch: SeqBatch) -> Tensor:
         return self.item_scores(self.encode(batch.items, last_only=True)[:, -1])

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2arec.models.base import SeqBatch, SequentialRecommender, init_normal_
+from t2arec.models.base import LossTerm, SeqBatch, SequentialRecommender, init_normal_
 from t2arec.models.last_state import final_state_from_rows
 from t2arec.models.layers import FeedForward
 from t2arec.models.losses import full_cross_entropy
@@ -401,6 +401,10 @@ class T2ARec(SequentialRecommender):
 
         delta: (B, L, H) of positions 1..n (0 at padding), delta_next: (B, H) of step n+1.
         """
+        return self.time_loss_term(batch, delta, delta_next).value
+
+    def time_loss_term(self, batch: SeqBatch, delta: Tensor, delta_next: Tensor) -> LossTerm:
+        """L_time with its count: (pairs x heads) it is averaged over."""
         mask = batch.mask
         # position i takes part when it and its predecessor are real; step n+1 always does
         no_predecessor = torch.zeros_like(mask[:, :1])
@@ -420,7 +424,7 @@ class T2ARec(SequentialRecommender):
         d_diff = d_all.index_select(-1, first) - d_all.index_select(-1, second)
         hinge = F.relu(1.0 - d_diff * t_scaled)
         count = pairs.sum() * d_all.shape[1]
-        return (hinge * pairs).sum() / count.clamp(min=1)
+        return LossTerm((hinge * pairs).sum() / count.clamp(min=1), count)
 
     def state_loss(self, trace: BlockTrace, x_next: Tensor, b_next: Tensor, delta_next: Tensor) -> Tensor:
         """L_state (Eq. 20-25): ||h_n - h^b_n||_F^2 / Delta_{n+1}^2, averaged over the batch (with
@@ -445,24 +449,28 @@ class T2ARec(SequentialRecommender):
 
     def self_supervised_losses(self, batch: SeqBatch, o_last: Tensor, trace: BlockTrace) -> tuple[Tensor, Tensor]:
         """(L_time, L_state) for the sequences of ``batch`` whose last output is ``o_last`` (B, d)."""
+        time, state = self.self_supervised_terms(batch, o_last, trace)
+        return time.value, state.value
+
+    def self_supervised_terms(self, batch: SeqBatch, o_last: Tensor, trace: BlockTrace) -> tuple[LossTerm, LossTerm]:
+        """L_time and L_state with their counts (pairs x heads; sequences), weighted by the training mu."""
         mixer = self.layers[0].mixer
         x_next, b_next, delta_next = mixer.refeed(o_last, trace.conv_tail)
-        return self.time_loss(batch, trace.delta, delta_next), self.state_loss(trace, x_next, b_next, delta_next)
+        time = self.time_loss_term(batch, trace.delta, delta_next)
+        time.weight = self.mu_time
+        state = LossTerm(self.state_loss(trace, x_next, b_next, delta_next), o_last.shape[0], self.mu_state)
+        return time, state
 
     # --- the SequentialRecommender contract --------------------------------------------------------
-    def training_losses(self, batch: SeqBatch) -> dict[str, Tensor]:
+    def loss_terms(self, batch: SeqBatch) -> dict[str, LossTerm]:
         """All positions are trained in one causal pass; L_time and L_state at the window's end."""
         o, trace = self.encode(batch.items)
         has_target = batch.targets > 0
         rec = full_cross_entropy(o[has_target], self.item_embedding.weight[1:], batch.targets[has_target] - 1)
-        total = rec
-        losses = {"rec": rec}
+        terms = {"rec": LossTerm(rec, has_target.sum())}
         if self.mu_time or self.mu_state:
-            time, state = self.self_supervised_losses(batch, o[:, -1], trace)
-            total = total + self.mu_time * time + self.mu_state * state
-            losses.update(time=time, state=state)
-        losses["total"] = total
-        return losses
+            terms["time"], terms["state"] = self.self_supervised_terms(batch, o[:, -1], trace)
+        return terms
 
     def encode_for_prediction(self, items: Tensor) -> tuple[Tensor, BlockTrace]:
         """(o_n (B, d), trace): by the fast path unless ``fast_inference`` is off."""

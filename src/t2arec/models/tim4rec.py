@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2arec.models.base import NextItemModel, SeqBatch, init_normal_
+from t2arec.models.base import LossTerm, NextItemModel, SeqBatch, init_normal_
 from t2arec.models.layers import FeedForward
 from t2arec.models.losses import full_cross_entropy
 from t2arec.models.ssd import scan_chunked, scan_sequential
@@ -284,11 +284,11 @@ class TiM4Rec(NextItemModel):
             hidden, tau = layer(hidden, tau, mask, last_only=last_only and i == len(self.layers) - 1)
         return hidden[:, -1:] if last_only else hidden
 
-    def training_losses(self, batch: SeqBatch) -> dict[str, Tensor]:
+    def loss_terms(self, batch: SeqBatch) -> dict[str, LossTerm]:
         hidden = self.encode(batch.items, batch.gaps)
         has_target = batch.targets > 0
         rec = full_cross_entropy(hidden[has_target], self.item_embedding.weight[1:], batch.targets[has_target] - 1)
-        return {"rec": rec, "total": rec}
+        return {"rec": LossTerm(rec, has_target.sum())}
 
     def score(self, batch: SeqBatch) -> Tensor:
         return self.item_scores(self.encode(batch.items, batch.gaps, last_only=True)[:, -1])
