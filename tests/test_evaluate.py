@@ -79,7 +79,9 @@ def ties_and_nans(rows: int, items: int, seed: int) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_ranks_by_blocks_equal_the_whole_matrix_ranks(seed):
+def test_ranks_by_blocks_equal_the_whole_matrix_ranks(seed, monkeypatch):
+    if seed == 4:  # compare and count a row or two at a time, as a large block is counted
+        monkeypatch.setattr("t2arec.scoring.COUNT_VALUES", 20)
     scores = ties_and_nans(12, 30, seed)
     targets = torch.randint(1, 31, (12,), generator=torch.Generator().manual_seed(seed))
     want = target_ranks(scores, targets)

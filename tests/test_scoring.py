@@ -71,6 +71,14 @@ def test_top_k_by_blocks_equals_the_sorted_top_k(seed, chunk):
     assert top_k(DenseScores(scores), ks, exclude, chunk) == sorted_top_k(scores, ks, exclude)
 
 
+@pytest.mark.parametrize("chunk", [7, None])
+def test_ties_at_the_kth_score_are_counted_a_row_slice_at_a_time(chunk, monkeypatch):
+    monkeypatch.setattr("t2arec.scoring.COUNT_VALUES", 5)  # one row at a time, as in a large block
+    scores = tied_scores(6, 23, 0)
+    ks = [3, 4, 1, 2, 2, 3]
+    assert top_k(DenseScores(scores), ks, [None] * 6, chunk) == sorted_top_k(scores, ks, [None] * 6)
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 50, 51])
 def test_top_k_of_an_item_table_with_tied_items_and_a_bias(chunk):
     # small integers: every score is exact, whatever product computes it (a block of one item is a

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from t2arec.align import AlignConfig, use_scores
 from t2arec.data.batching import Examples
 from t2arec.models.base import SequentialRecommender
-from t2arec.scoring import ItemScores, chunk_size, item_chunks
+from t2arec.scoring import ItemScores, chunk_size, item_chunks, row_slices
 
 MIN_COLUMNS = 8  # columns of the first product of target scores (see _first_target_scores)
 
@@ -38,8 +38,12 @@ def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
 
 
 def _at_or_above(block: Tensor, threshold: Tensor) -> Tensor:
-    """(B,) count per row of the block's scores (B, c) that are >= ``threshold`` (B,) or NaN."""
-    return ((block >= threshold[:, None]) | block.isnan()).sum(dim=1)
+    """(B,) count per row of the block's scores (B, c) that are >= ``threshold`` (B,) or NaN.
+
+    Compared a row slice at a time: the comparisons' temporaries stay small next to the block.
+    """
+    return torch.cat([((block[rows] >= threshold[rows, None]) | block[rows].isnan()).sum(dim=1)
+                      for rows in row_slices(*block.shape)])
 
 
 def _first_target_scores(scores: ItemScores, index: Tensor, size: int) -> Tensor:
@@ -91,6 +95,7 @@ def item_ranks(scores: ItemScores, targets: Tensor, chunk: int | None = None) ->
         counts += _at_or_above(block, first)
         rows = ((index >= start) & (index < stop)).nonzero()[:, 0]
         exact[rows] = block[rows, index[rows] - start]
+        del block  # before the next block is made: one block at a time
     redo = ~((exact == first) | (exact.isnan() & first.isnan()))
     if bool(redo.any()):
         counts[redo] = 0

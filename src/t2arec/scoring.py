@@ -20,6 +20,9 @@ from torch import Tensor
 from t2arec.models.base import ItemTable, SeqBatch, SequentialRecommender
 
 DEFAULT_MAX_BLOCK = 2**26  # float32 scores per block: 256 MiB
+# scores compared and counted at a time inside a block: torch sums a boolean tensor by first making
+# an int64 copy of it (8 bytes per value, twice the block), so counts are taken over row slices
+COUNT_VALUES = 2**22
 
 
 class NonFiniteScores(ValueError):
@@ -96,6 +99,19 @@ def item_chunks(num_items: int, size: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, num_items)
 
 
+def row_slices(rows: int, columns: int) -> Iterator[slice]:
+    """Consecutive row ranges of a (rows, columns) block, each of at most ``COUNT_VALUES`` values
+    (at least one row)."""
+    step = max(1, COUNT_VALUES // max(columns, 1))
+    for start in range(0, rows, step):
+        yield slice(start, start + step)
+
+
+def count_rows(mask: Tensor) -> Tensor:
+    """(B,) int64 number of True values in each row of ``mask`` (B, n), a row slice at a time."""
+    return torch.cat([mask[part].sum(dim=1) for part in row_slices(*mask.shape)])
+
+
 # --- top-k -------------------------------------------------------------------------------------------
 def _order_key(values: Tensor) -> Tensor:
     """Values as they are ordered: NaN counts as +inf (torch.sort puts NaN first when descending;
@@ -112,7 +128,7 @@ def stable_top(values: Tensor, width: int) -> tuple[Tensor, Tensor]:
     key = _order_key(values)
     kth = key.topk(width, dim=1, sorted=False).values.amin(dim=1, keepdim=True)  # the width-th best
     take = key >= kth
-    crowded = take.sum(dim=1) > width  # values tied with the width-th best: keep the first columns
+    crowded = count_rows(take) > width  # values tied with the width-th best: keep the first columns
     if bool(crowded.any()):
         sub = key[crowded]
         tied = sub == kth[crowded]
@@ -168,6 +184,7 @@ def top_k(scores: ItemScores, ks: Sequence[int], exclude: Sequence[np.ndarray | 
             block = block.index_put((excluded_rows[inside], excluded_items[inside] - start),
                                     torch.tensor(-math.inf, dtype=block.dtype, device=device))
         values, columns = stable_top(block, min(width, stop - start))
+        del block  # before the next block is made: one block at a time
         found = (values, columns + start)
         best = found if best is None else _merge(best, found, width)
     values, items = best[0].cpu(), best[1].cpu()
