@@ -38,12 +38,13 @@ def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
 
 
 def _at_or_above(block: Tensor, threshold: Tensor) -> Tensor:
-    """(B,) count per row of the block's scores (B, c) that are >= ``threshold`` (B,) or NaN.
+    """(B,) int64 count per row of the block's scores (B, c) that are >= ``threshold`` (B,) or NaN.
 
-    Compared a row slice at a time: the comparisons' temporaries stay small next to the block.
+    Compared and counted a row slice at a time, in int32 (``t2arec.scoring.COUNT_VALUES``): the
+    temporaries stay small next to the block.
     """
-    return torch.cat([((block[rows] >= threshold[rows, None]) | block[rows].isnan()).sum(dim=1)
-                      for rows in row_slices(*block.shape)])
+    return torch.cat([((block[rows] >= threshold[rows, None]) | block[rows].isnan()).sum(dim=1, dtype=torch.int32)
+                      for rows in row_slices(*block.shape)]).long()
 
 
 def _first_target_scores(scores: ItemScores, index: Tensor, size: int) -> Tensor:

@@ -20,8 +20,9 @@ from torch import Tensor
 from t2arec.models.base import ItemTable, SeqBatch, SequentialRecommender
 
 DEFAULT_MAX_BLOCK = 2**26  # float32 scores per block: 256 MiB
-# scores compared and counted at a time inside a block: torch sums a boolean tensor by first making
-# an int64 copy of it (8 bytes per value, twice the block), so counts are taken over row slices
+# scores compared and counted at a time inside a block: torch sums a boolean tensor by first
+# converting it to the sum's type (int64 unless told: twice the block's bytes), so counts are taken
+# over row slices, in int32 (a block's count fits; summing into int32 is also 2-4x faster here)
 COUNT_VALUES = 2**22
 
 
@@ -109,7 +110,7 @@ def row_slices(rows: int, columns: int) -> Iterator[slice]:
 
 def count_rows(mask: Tensor) -> Tensor:
     """(B,) int64 number of True values in each row of ``mask`` (B, n), a row slice at a time."""
-    return torch.cat([mask[part].sum(dim=1) for part in row_slices(*mask.shape)])
+    return torch.cat([mask[part].sum(dim=1, dtype=torch.int32) for part in row_slices(*mask.shape)]).long()
 
 
 # --- top-k -------------------------------------------------------------------------------------------
