@@ -51,9 +51,10 @@ def _first_target_scores(scores: ItemScores, index: Tensor, size: int) -> Tensor
     """(B,) each row's score of its target (0-based ``index``), from products over the batch's
     distinct targets only (at most ``size`` of them at a time): B x U work, not B x N.
 
-    With every row of the batch in the product, MKL gives each entry the value it has in the full
-    product, except for a single column (a matrix-vector path): the batch's targets are padded to
-    at least ``MIN_COLUMNS`` columns for that reason. ``item_ranks`` checks every value anyway.
+    With every row of the batch in the product, MKL gave each entry the value it has in the full
+    product in every measurement except with a single column (a matrix-vector path): the batch's
+    targets are padded to at least ``MIN_COLUMNS`` columns for that reason. ``item_ranks`` checks
+    every value against the block's anyway.
     """
     distinct, which = torch.unique(index, return_inverse=True)
     padded = distinct.repeat(-(-MIN_COLUMNS // len(distinct))) if len(distinct) < MIN_COLUMNS else distinct
@@ -75,8 +76,9 @@ def item_ranks(scores: ItemScores, targets: Tensor, chunk: int | None = None) ->
     1. a first value of each target's score comes from a product over the batch's targets alone;
     2. one pass over the blocks counts, per row, the scores >= that value or NaN, and reads each
        target's score off the block that holds it, the value every other score is compared with;
-    3. rows whose two values differ (not one on the BLAS measured here, docs/scaling.md) are counted
-       again against the value read in 2, in a second pass.
+    3. rows whose two values differ are counted again against the value read in 2, in a second
+       pass (with blocks of a thousand items or more it never ran on the trained checkpoints,
+       docs/scaling.md).
 
     So a rank always compares scores of the same block computation, and equals ``target_ranks`` of
     the full product whenever a block's entries equal the full product's, which is what MKL gives
