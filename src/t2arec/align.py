@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import torch
 from torch import Tensor
 
 from t2arec.models.base import SeqBatch, SequentialRecommender
+from t2arec.scoring import ItemScores, item_scores
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -101,10 +104,28 @@ def alignment_runs(model: SequentialRecommender, cfg: AlignConfig | None) -> boo
     return cfg is not None and cfg.enabled and cfg.steps > 0 and model.has_alignment_loss
 
 
-def score_batch(model: SequentialRecommender, batch: SeqBatch, cfg: AlignConfig | None) -> tuple[Tensor, AlignStats | None]:
-    """Scores (B, num_items) for a batch, after test-time alignment when ``cfg`` enables it."""
+def _predict(model: SequentialRecommender, batch: SeqBatch, cfg: AlignConfig | None,
+             compute: Callable[[], T]) -> tuple[T, AlignStats | None]:
+    """``compute()`` under no_grad, inside one test-time alignment on ``batch`` when ``cfg`` enables it."""
     if not alignment_runs(model, cfg):
         with torch.no_grad():
-            return model.score(batch), None
+            return compute(), None
     with aligned(model, batch, cfg) as stats, torch.no_grad():
-        return model.score(batch), stats
+        return compute(), stats
+
+
+def score_batch(model: SequentialRecommender, batch: SeqBatch, cfg: AlignConfig | None) -> tuple[Tensor, AlignStats | None]:
+    """Scores (B, num_items) for a batch, after test-time alignment when ``cfg`` enables it."""
+    return _predict(model, batch, cfg, lambda: model.score(batch))
+
+
+def use_scores(model: SequentialRecommender, batch: SeqBatch, cfg: AlignConfig | None,
+               use: Callable[[ItemScores], T]) -> tuple[T, AlignStats | None]:
+    """``use(scores)`` on the batch's item scores (``t2arec.scoring.item_scores``), after test-time
+    alignment when ``cfg`` enables it: one step per batch, exactly as ``score_batch``.
+
+    The scores are produced a block at a time from the model's live parameters, so ``use`` runs
+    while the aligned parameters are in place (they are restored after it returns). ``use`` must
+    therefore consume them (rank, top-k) and return plain results, not the ``ItemScores``.
+    """
+    return _predict(model, batch, cfg, lambda: use(item_scores(model, batch)))

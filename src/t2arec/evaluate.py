@@ -7,6 +7,8 @@ favour the target. History items are not masked (RecBole's protocol for sequenti
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -16,9 +18,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from t2arec import distributed
-from t2arec.align import AlignConfig, score_batch
+from t2arec.align import AlignConfig, use_scores
 from t2arec.data.batching import Examples
 from t2arec.models.base import SequentialRecommender
+from t2arec.scoring import ItemScores, chunk_size, item_chunks, row_slices
+
+MIN_COLUMNS = 8  # columns of the first product of target scores (see _first_target_scores)
 
 
 def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
@@ -31,6 +36,77 @@ def target_ranks(scores: Tensor, targets: Tensor) -> Tensor:
     higher_or_tied = (scores >= target_scores) | scores.isnan()
     ranks = higher_or_tied.sum(dim=1) - 1  # the target itself is not above itself
     return torch.where(target_scores[:, 0].isnan(), scores.shape[1] - 1, ranks)
+
+
+def _at_or_above(block: Tensor, threshold: Tensor) -> Tensor:
+    """(B,) int64 count per row of the block's scores (B, c) that are >= ``threshold`` (B,) or NaN.
+
+    Compared and counted a row slice at a time, in int32 (``t2arec.scoring.COUNT_VALUES``): the
+    temporaries stay small next to the block.
+    """
+    return torch.cat([((block[rows] >= threshold[rows, None]) | block[rows].isnan()).sum(dim=1, dtype=torch.int32)
+                      for rows in row_slices(*block.shape)]).long()
+
+
+def _first_target_scores(scores: ItemScores, index: Tensor, size: int) -> Tensor:
+    """(B,) each row's score of its target (0-based ``index``), from products over the batch's
+    distinct targets only (at most ``size`` of them at a time): B x U work, not B x N.
+
+    With every row of the batch in the product, MKL gave each entry the value it has in the full
+    product in every measurement except with a single column (a matrix-vector path): the batch's
+    targets are padded to at least ``MIN_COLUMNS`` columns for that reason. ``item_ranks`` checks
+    every value against the block's anyway.
+    """
+    distinct, which = torch.unique(index, return_inverse=True)
+    padded = distinct.repeat(-(-MIN_COLUMNS // len(distinct))) if len(distinct) < MIN_COLUMNS else distinct
+    out = torch.empty(len(index), dtype=scores.dtype, device=index.device)
+    for start, stop in item_chunks(len(padded), size):
+        rows = ((which >= start) & (which < stop)).nonzero()[:, 0]
+        if len(rows):
+            out[rows] = scores.columns(padded[start:stop])[rows, which[rows] - start]
+    return out
+
+
+def item_ranks(scores: ItemScores, targets: Tensor, chunk: int | None = None) -> Tensor:
+    """``target_ranks`` of the batch's scores, a block of items at a time (``t2arec.scoring``).
+
+    targets: (B,) in 1..N; returns (B,) int64. When one block holds every item (``chunk`` and the
+    default both allow N * B up to 2^26 values) this is ``target_ranks`` on that block, the
+    computation of before blocks existed. Otherwise no block is larger than (B, chunk):
+
+    1. a first value of each target's score comes from a product over the batch's targets alone;
+    2. one pass over the blocks counts, per row, the scores >= that value or NaN, and reads each
+       target's score off the block that holds it, the value every other score is compared with;
+    3. rows whose two values differ are counted again against the value read in 2, in a second
+       pass (with blocks of a thousand items or more it never ran on the trained checkpoints,
+       docs/scaling.md).
+
+    So a rank always compares scores of the same block computation, and equals ``target_ranks`` of
+    the full product whenever a block's entries equal the full product's, which is what MKL gives
+    for blocks of a thousand items or more (docs/scaling.md: measured on random tables and on the
+    trained checkpoints).
+    """
+    num_items = scores.num_items
+    size = chunk_size(scores.rows, num_items, chunk)
+    if size >= num_items:
+        return target_ranks(scores.block(0, num_items), targets)
+    index = targets - 1
+    first = _first_target_scores(scores, index, size)
+    counts = torch.zeros(len(index), dtype=torch.int64, device=index.device)
+    exact = torch.full_like(first, math.nan)
+    for start, stop in item_chunks(num_items, size):
+        block = scores.block(start, stop)
+        counts += _at_or_above(block, first)
+        rows = ((index >= start) & (index < stop)).nonzero()[:, 0]
+        exact[rows] = block[rows, index[rows] - start]
+        del block  # before the next block is made: one block at a time
+    redo = ~((exact == first) | (exact.isnan() & first.isnan()))
+    if bool(redo.any()):
+        counts[redo] = 0
+        for start, stop in item_chunks(num_items, size):  # the same full-batch blocks, so the same values
+            counts[redo] += _at_or_above(scores.block(start, stop)[redo], exact[redo])
+    ranks = counts - 1  # the target itself is not above itself
+    return torch.where(exact.isnan(), num_items - 1, ranks)
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: tuple[int, ...] = (10,)) -> dict[str, float]:
@@ -70,9 +146,12 @@ def evaluate(
     ks: tuple[int, ...] = (10,),
     device: torch.device | str = "cpu",
     progress: bool = False,
+    chunk: int | None = None,
 ) -> EvalResult:
     """Rank every example's target among all items; align each batch first when ``align`` is enabled.
 
+    Items are scored ``chunk`` at a time (None: as many as fit 2^26 scores per block, see
+    ``item_ranks``), inside the batch's alignment, so memory is bounded for any catalogue.
     Under torchrun the batches (the same ones as in one process: an alignment step depends on the
     batch) are dealt to the processes in turn, and every process returns the whole result.
     """
@@ -83,8 +162,9 @@ def evaluate(
     done: dict[int, tuple[np.ndarray, float | None]] = {}  # batch number -> (ranks, parameter shift)
     for number in tqdm(distributed.rank_share(len(starts)), desc="evaluate", disable=not progress, leave=False):
         batch = examples.batch(slice(starts[number], starts[number] + batch_size)).to(device)
-        scores, stats = score_batch(model, batch, align)
-        done[number] = (target_ranks(scores, batch.targets).cpu().numpy(), stats.param_shift if stats else None)
+        rank_block = functools.partial(item_ranks, targets=batch.targets, chunk=chunk)
+        batch_ranks, stats = use_scores(model, batch, align, rank_block)
+        done[number] = (batch_ranks.cpu().numpy(), stats.param_shift if stats else None)
     model.train(was_training)
     per_batch = distributed.gather_in_order(done, len(starts))
     all_ranks = np.concatenate([r for r, _ in per_batch]) if per_batch else np.zeros(0, dtype=np.int64)

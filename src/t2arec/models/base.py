@@ -67,17 +67,55 @@ def combine_terms(terms: dict[str, LossTerm]) -> dict[str, Tensor]:
     return losses
 
 
+@dataclass(frozen=True)
+class ItemTable:
+    """What a query is scored against: score(query, item j) = query . weight[j - 1] + bias[j - 1].
+
+    weight: (N, d), the rows of items 1..N (no padding row); bias: (N,) or None.
+    The tensors are the model's live parameters (views), so a table must be used while the
+    parameters it was read from are the ones wanted (inside a test-time alignment, for instance).
+    """
+
+    weight: Tensor
+    bias: Tensor | None = None
+
+    @property
+    def num_items(self) -> int:
+        return self.weight.shape[0]
+
+    def scores(self, query: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        """query (..., d) -> (..., stop - start) scores of items start + 1..stop (all by default).
+
+        The whole table (start 0, stop None) is exactly the product every model computed before
+        the table existed; a block of it equals the same columns of that product on the BLAS
+        measured here (docs/scaling.md), which is what makes ranks by blocks equal to today's.
+        """
+        out = query @ self.weight[start:stop].T
+        # the bias is added after the product, never fused into it (addmm may round differently)
+        return out if self.bias is None else out + self.bias[start:stop]
+
+    def columns(self, query: Tensor, items: Tensor) -> Tensor:
+        """query (B, d), items (U,) 0-based -> (B, U) scores of those items, in that order."""
+        out = query @ self.weight.index_select(0, items).T
+        return out if self.bias is None else out + self.bias.index_select(0, items)
+
+
 class SequentialRecommender(nn.Module):
     """Base class. Subclasses implement ``loss_terms`` (or ``training_losses`` directly, when they are
-    never trained on several processes) and ``score``.
+    never trained on several processes) and either ``score`` or, when they score by a dot product
+    with an item table, ``query`` and ``item_table`` (and declare ``scores_by_table``); ``score``
+    then follows from those two.
 
     Capabilities are declared, not inferred from names:
     ``uses_time``: the model reads ``gaps``/``next_gap``;
-    ``has_alignment_loss``: ``alignment_loss`` is defined (test-time alignment can run on it).
+    ``has_alignment_loss``: ``alignment_loss`` is defined (test-time alignment can run on it);
+    ``scores_by_table``: ``query`` and ``item_table`` are defined and score = table.scores(query), so
+    the items can be scored a block at a time (catalogues of millions, ``t2arec.scoring``).
     """
 
     uses_time: bool = False
     has_alignment_loss: bool = False
+    scores_by_table: bool = False
 
     def loss_terms(self, batch: SeqBatch) -> dict[str, LossTerm]:
         """The terms of the training loss of one batch, each a mean with its count and weight."""
@@ -87,9 +125,19 @@ class SequentialRecommender(nn.Module):
         """Losses for one training batch; key ``total`` is what the optimiser minimises."""
         return combine_terms(self.loss_terms(batch))
 
+    def query(self, batch: SeqBatch) -> Tensor:
+        """(B, d): the representation of the position after the last input that ``item_table`` scores."""
+        raise NotImplementedError(f"{type(self).__name__} does not score by an item table")
+
+    def item_table(self) -> ItemTable:
+        """The (num_items, d) table (and optional bias) that ``query`` is scored against."""
+        raise NotImplementedError(f"{type(self).__name__} does not score by an item table")
+
     def score(self, batch: SeqBatch) -> Tensor:
         """(B, num_items) scores of items 1..num_items for the position after the last input."""
-        raise NotImplementedError
+        if not self.scores_by_table:
+            raise NotImplementedError
+        return self.item_table().scores(self.query(batch))
 
     def alignment_loss(self, batch: SeqBatch, mu_time: float, mu_state: float) -> Tensor:
         """Label-free loss for test-time alignment (only when ``has_alignment_loss``)."""
@@ -114,17 +162,22 @@ class NextItemModel(SequentialRecommender):
 
     Subclasses provide ``item_embedding`` (row 0 is padding) and ``encode(items) -> (B, L, d)``;
     this class adds tied scoring (padding never ranks), the cross-entropy of every position that has
-    a target (all prefixes of a window in one pass) and the score at the last position.
+    a target (all prefixes of a window in one pass) and the query at the last position.
     """
 
+    scores_by_table = True
     item_embedding: nn.Embedding
 
     def encode(self, items: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def item_table(self) -> ItemTable:
+        """Tied: item embeddings 1..num_items (the padding row is left out, so it never ranks)."""
+        return ItemTable(self.item_embedding.weight[1:])
+
     def item_scores(self, hidden: Tensor) -> Tensor:
         """(..., d) -> (..., num_items) against item embeddings 1..num_items."""
-        return hidden @ self.item_embedding.weight[1:].T
+        return self.item_table().scores(hidden)
 
     def loss_terms(self, batch: SeqBatch) -> dict[str, LossTerm]:
         hidden = self.encode(batch.items)
@@ -132,5 +185,5 @@ class NextItemModel(SequentialRecommender):
         rec = full_cross_entropy(hidden[has_target], self.item_embedding.weight[1:], batch.targets[has_target] - 1)
         return {"rec": LossTerm(rec, has_target.sum())}
 
-    def score(self, batch: SeqBatch) -> Tensor:
-        return self.item_scores(self.encode(batch.items)[:, -1])
+    def query(self, batch: SeqBatch) -> Tensor:
+        return self.encode(batch.items)[:, -1]

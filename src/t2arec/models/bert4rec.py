@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2arec.models.base import LossTerm, SeqBatch, SequentialRecommender, init_normal_
+from t2arec.models.base import ItemTable, LossTerm, SeqBatch, SequentialRecommender, init_normal_
 from t2arec.models.layers import TransformerLayer
 from t2arec.models.losses import full_cross_entropy
 
@@ -57,6 +57,7 @@ class BERT4RecConfig:
 class BERT4Rec(SequentialRecommender):
     uses_time = False
     has_alignment_loss = False
+    scores_by_table = True
 
     def __init__(self, cfg: BERT4RecConfig) -> None:
         super().__init__()
@@ -102,9 +103,13 @@ class BERT4Rec(SequentialRecommender):
             h = h[:, -1:]  # (a no-op after a last-only layer; needed with no layers)
         return self.output_norm(F.gelu(self.output_dense(h)))
 
+    def item_table(self) -> ItemTable:
+        """Rows 1..n of the tied table (padding and [mask] never rank) and the item bias."""
+        return ItemTable(self.item_embedding.weight[1 : self.cfg.num_items + 1], self.output_bias)
+
     def item_scores(self, o: Tensor) -> Tensor:
-        """(..., d) -> (..., num_items): rows 1..n of the tied table; padding and [mask] never rank."""
-        return o @ self.item_embedding.weight[1 : self.cfg.num_items + 1].T + self.output_bias
+        """(..., d) -> (..., num_items) against the item table."""
+        return self.item_table().scores(o)
 
     # --- the Cloze task ------------------------------------------------------------------------
     def cloze_mask(self, sequence: Tensor) -> Tensor:
@@ -138,7 +143,8 @@ class BERT4Rec(SequentialRecommender):
                                  sequence[hidden] - 1, bias=self.output_bias)
         return {"rec": LossTerm(rec, hidden.sum())}  # a mean over the hidden positions
 
-    def score(self, batch: SeqBatch) -> Tensor:
+    def query(self, batch: SeqBatch) -> Tensor:
+        """The output at a [mask] appended after the inputs."""
         mask_column = torch.full_like(batch.items[:, :1], self.mask_token)
         tokens = self.fit_length(torch.cat([batch.items, mask_column], dim=1))
-        return self.item_scores(self.encode(tokens, last_only=True)[:, -1])
+        return self.encode(tokens, last_only=True)[:, -1]

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2arec.models.base import LossTerm, SeqBatch, SequentialRecommender
+from t2arec.models.base import ItemTable, LossTerm, SeqBatch, SequentialRecommender
 from t2arec.models.losses import full_cross_entropy
 
 
@@ -92,6 +92,7 @@ def fft_length(n: int) -> int:
 class Caser(SequentialRecommender):
     uses_time = False
     has_alignment_loss = False
+    scores_by_table = True
 
     def __init__(self, cfg: CaserConfig) -> None:
         super().__init__()
@@ -178,9 +179,13 @@ class Caser(SequentialRecommender):
                   for k, group in enumerate(slices.split(nh), start=1)]
         return torch.cat(pooled).permute(1, 2, 0)  # (B, T, n_h * L)
 
+    def item_table(self) -> ItemTable:
+        """Tied embeddings, padding row excluded so it never ranks."""
+        return ItemTable(self.item_embedding.weight[1:])
+
     def item_scores(self, out: Tensor) -> Tensor:
-        """(..., d) -> (..., num_items): tied embeddings, padding row excluded so it never ranks."""
-        return out @ self.item_embedding.weight[1:].T
+        """(..., d) -> (..., num_items) against the item table."""
+        return self.item_table().scores(out)
 
     def reg_loss(self) -> Tensor:
         """RecBole's regulariser: reg_weight * sum of the (unsquared) L2 norms of the weights."""
@@ -197,5 +202,5 @@ class Caser(SequentialRecommender):
         rec = full_cross_entropy(out[has_target], self.item_embedding.weight[1:], batch.targets[has_target] - 1)
         return {"rec": LossTerm(rec, has_target.sum()), "reg": LossTerm(self.reg_loss())}
 
-    def score(self, batch: SeqBatch) -> Tensor:
-        return self.item_scores(self.encode(batch.items, last_only=True)[:, -1])
+    def query(self, batch: SeqBatch) -> Tensor:
+        return self.encode(batch.items, last_only=True)[:, -1]

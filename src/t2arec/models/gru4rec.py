@@ -100,5 +100,5 @@ class GRU4Rec(NextItemModel):
         hidden = roll_rows(hidden, -num_pad)  # back to the input columns
         return self.dense(hidden)
 
-    def score(self, batch: SeqBatch) -> Tensor:
-        return self.item_scores(self.encode(batch.items, last_only=True)[:, -1])
+    def query(self, batch: SeqBatch) -> Tensor:
+        return self.encode(batch.items, last_only=True)[:, -1]

@@ -288,5 +288,5 @@ class Mamba4Rec(NextItemModel):
             hidden = layer(hidden, mask, last_only=last_only and depth == len(self.layers))
         return hidden
 
-    def score(self, batch: SeqBatch) -> Tensor:
-        return self.item_scores(self.encode(batch.items, last_only=True)[:, -1])
+    def query(self, batch: SeqBatch) -> Tensor:
+        return self.encode(batch.items, last_only=True)[:, -1]

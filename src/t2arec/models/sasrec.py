@@ -103,5 +103,5 @@ class SASRec(NextItemModel):
             x = layer(x, allowed, last_only=last_only and i == len(self.layers) - 1)
         return x[:, -1:] if last_only else x  # (no layers: the embedding of the last position)
 
-    def score(self, batch: SeqBatch) -> Tensor:
-        return self.item_scores(self.encode(batch.items, last_only=True)[:, -1])
+    def query(self, batch: SeqBatch) -> Tensor:
+        return self.encode(batch.items, last_only=True)[:, -1]

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from t2arec.models.base import LossTerm, SeqBatch, SequentialRecommender, init_normal_
+from t2arec.models.base import ItemTable, LossTerm, SeqBatch, SequentialRecommender, init_normal_
 from t2arec.models.last_state import final_state_from_rows
 from t2arec.models.layers import FeedForward
 from t2arec.models.losses import full_cross_entropy
@@ -299,6 +299,7 @@ class T2ARecLayer(nn.Module):
 class T2ARec(SequentialRecommender):
     uses_time = True
     has_alignment_loss = True
+    scores_by_table = True
 
     def __init__(self, cfg: T2ARecConfig, mu_time: float = 0.1, mu_state: float = 1.0) -> None:
         super().__init__()
@@ -385,9 +386,13 @@ class T2ARec(SequentialRecommender):
             self._table_key = key
         return self._table
 
+    def item_table(self) -> ItemTable:
+        """Tied embeddings, padding row excluded so it never ranks."""
+        return ItemTable(self.item_embedding.weight[1:])
+
     def item_scores(self, o: Tensor) -> Tensor:
-        """(..., d) -> (..., num_items): tied embeddings, padding row excluded so it never ranks."""
-        return o @ self.item_embedding.weight[1:].T
+        """(..., d) -> (..., num_items) against the item table."""
+        return self.item_table().scores(o)
 
     # --- the two alignment losses ----------------------------------------------------------------
     def time_values(self, gaps: Tensor) -> Tensor:
@@ -479,8 +484,8 @@ class T2ARec(SequentialRecommender):
         o, trace = self.encode(items)
         return o[:, -1], trace
 
-    def score(self, batch: SeqBatch) -> Tensor:
-        return self.item_scores(self.encode_for_prediction(batch.items)[0])
+    def query(self, batch: SeqBatch) -> Tensor:
+        return self.encode_for_prediction(batch.items)[0]
 
     def alignment_loss(self, batch: SeqBatch, mu_time: float, mu_state: float) -> Tensor:
         o_last, trace = self.encode_for_prediction(batch.items)

@@ -290,5 +290,5 @@ class TiM4Rec(NextItemModel):
         rec = full_cross_entropy(hidden[has_target], self.item_embedding.weight[1:], batch.targets[has_target] - 1)
         return {"rec": LossTerm(rec, has_target.sum())}
 
-    def score(self, batch: SeqBatch) -> Tensor:
-        return self.item_scores(self.encode(batch.items, batch.gaps, last_only=True)[:, -1])
+    def query(self, batch: SeqBatch) -> Tensor:
+        return self.encode(batch.items, batch.gaps, last_only=True)[:, -1]

@@ -355,5 +355,5 @@ class TTT4Rec(NextItemModel):
         # the whole row; they are set to 0 so that no output depends on a later item
         return hidden.gather(1, back) * mask[..., None].to(hidden.dtype)
 
-    def score(self, batch: SeqBatch) -> Tensor:
-        return self.item_scores(self.encode(batch.items, last_only=True)[:, -1])
+    def query(self, batch: SeqBatch) -> Tensor:
+        return self.encode(batch.items, last_only=True)[:, -1]

@@ -22,11 +22,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from t2arec.align import alignment_runs, score_batch
+from t2arec import scoring
+from t2arec.align import alignment_runs, score_batch, use_scores
 from t2arec.config import RunConfig
 from t2arec.data.batching import prediction_inputs
 from t2arec.data.types import RawId
 from t2arec.models.base import SeqBatch, SequentialRecommender
+from t2arec.scoring import DenseScores, NonFiniteScores  # noqa: F401 (NonFiniteScores: still importable from here)
 
 # Timestamps are Unix seconds (the unit the model was trained in). Anything larger in magnitude is
 # refused: it is most likely milliseconds, and float32 gaps would lose all precision or overflow.
@@ -44,10 +46,6 @@ class RequestError(ValueError):
     @property
     def location(self) -> str:
         return self.field if self.user is None else f"users[{self.user}].{self.field}"
-
-
-class NonFiniteScores(ValueError):
-    """The model produced NaN or infinite scores for a batch (extreme inputs)."""
 
 
 @dataclass(frozen=True)
@@ -114,24 +112,16 @@ def state_digest(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def top_k(scores: torch.Tensor, ks: Sequence[int], exclude: Sequence[np.ndarray | None]) -> list[tuple[list[int], list[float]]]:
+def top_k(scores: torch.Tensor, ks: Sequence[int], exclude: Sequence[np.ndarray | None],
+          chunk: int | None = None) -> list[tuple[list[int], list[float]]]:
     """Per row, the ``ks[row]`` best item indices (1-based) and their scores, best first.
 
-    ``scores`` (B, N) are for items 1..N. Equal scores keep item-index order (a stable sort), so the
-    result is deterministic; items in ``exclude[row]`` (1-based) are never returned.
+    ``scores`` (B, N) are for items 1..N. Equal scores keep item-index order (as a stable sort of the
+    whole row), so the result is deterministic; items in ``exclude[row]`` (1-based) are never
+    returned. ``t2arec.scoring.top_k`` with the scores already computed (``Recommender`` scores a
+    block of items at a time instead).
     """
-    masked = scores.clone()
-    for row, items in enumerate(exclude):
-        if items is not None and len(items):
-            masked[row, torch.as_tensor(items, dtype=torch.int64) - 1] = -math.inf
-    width = min(max(int(k) for k in ks), scores.shape[1])
-    order = torch.sort(masked, dim=1, descending=True, stable=True).indices[:, :width]
-    top = masked.gather(1, order)
-    out = []
-    for row, k in enumerate(ks):
-        keep = torch.isfinite(top[row, :k])  # an excluded item has -inf
-        out.append(((order[row, :k][keep] + 1).tolist(), top[row, :k][keep].tolist()))
-    return out
+    return scoring.top_k(DenseScores(scores), ks, exclude, chunk)
 
 
 @dataclass
@@ -147,6 +137,9 @@ class Recommender:
     config: RunConfig
     item_ids: list[RawId]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # items scored per block by ``recommend`` (None: as many as fit t2arec.scoring.DEFAULT_MAX_BLOCK
+    # scores, i.e. one block for any catalogue up to 2^26 / batch size items)
+    chunk: int | None = None
     index: dict[RawId, int] = field(init=False, repr=False)
     integer_ids: bool = field(init=False)
 
@@ -263,7 +256,10 @@ class Recommender:
                         torch.zeros(len(users), dtype=torch.int64)).to(self.device)
 
     def scores(self, users: Sequence[EncodedUser], align: bool = True) -> torch.Tensor:
-        """(B, num_items) scores of items 1..num_items, after one alignment over the batch if ``align``."""
+        """(B, num_items) scores of items 1..num_items, after one alignment over the batch if ``align``.
+
+        The whole matrix at once: ``recommend`` does not use this, it keeps a running top-k over blocks.
+        """
         scores, _ = score_batch(self.model, self.batch(users), self.config.align if align else None)
         return scores
 
@@ -276,10 +272,11 @@ class Recommender:
             raise ValueError("k and exclude_seen need one value per user")
         if any(v < 1 for v in ks):
             raise ValueError(f"k must be >= 1, got {min(ks)}")
-        scores = self.scores(users, align).cpu()
-        if not bool(torch.isfinite(scores).all()):
-            raise NonFiniteScores("the model produced non-finite scores for this batch")
-        top = top_k(scores, ks, [np.unique(u.items) if ex else None for u, ex in zip(users, excludes)])
+        exclude = [np.unique(u.items) if ex else None for u, ex in zip(users, excludes)]
+        # ranked a block of items at a time inside the batch's alignment: memory is bounded for any
+        # catalogue, and a NaN or infinite score in any block raises NonFiniteScores
+        top, _ = use_scores(self.model, self.batch(users), self.config.align if align else None,
+                            lambda scores: scoring.top_k(scores, ks, exclude, self.chunk, require_finite=True))
         return [Recommendation([self.item_ids[i] for i in idx], vals, user.skipped)
                 for (idx, vals), user in zip(top, users)]
 
