@@ -1,18 +1,27 @@
-"""Interaction files inside zip archives and gzip/zstd files, read without unpacking to disk.
+"""Interaction files inside zip archives and gzip/zstd files, and Parquet dataset directories.
 
 ``open_source`` turns a path (``ml-1m.zip``, ``ml-1m.zip:ml-1m/ratings.dat``, ``ratings.dat.gz``,
-``log.csv.zst`` or a plain file) into a ``Source``: the bytes to read, the inner file name that tells
-the format (``ratings.dat`` for ``ratings.dat.gz``) and the label every message names it by
-(``ml-1m.zip:ml-1m/ratings.dat``), so errors keep saying "file, line, what is wrong".
+``log.csv.zst``, a plain file or a directory of Parquet files) into a ``Source``: where the data is,
+the inner file name that tells the format (``ratings.dat`` for ``ratings.dat.gz``) and the label
+every message names it by (``ml-1m.zip:ml-1m/ratings.dat``), so errors keep saying "file, line,
+what is wrong".
+
+Readers scan files lazily, so a compressed file is first decompressed into a scratch directory
+(``Source.local_file``): Polars cannot stream from inside a zip member, and a copy on disk keeps
+memory bounded where decompressing into memory would hold the whole text.
 """
 from __future__ import annotations
 
 import gzip
 import re
+import shutil
 import zipfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from t2arec.data.types import DataError
 
@@ -20,15 +29,16 @@ COMPRESSED = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 MEMBER_SYNTAX = re.compile(r"^(.+\.zip):(.+)$", re.IGNORECASE)
 DATA_SUFFIXES = (".dat", ".data", ".csv", ".tsv", ".txt", ".inter", ".parquet", ".pq")
 SHOWN_MEMBERS = 8  # how many member names an error lists before "..."
+COPY_BLOCK = 1 << 22  # bytes per read when decompressing to a scratch file
 
 
 @dataclass(frozen=True)
 class Source:
     """One interaction file, possibly inside an archive or compressed.
 
-    ``path``: the file on disk. ``member``: the file read inside a zip archive. ``name``: the inner
-    file name, for format detection. ``label``: how messages name it. ``compression``: "zip",
-    "gzip", "zstd" or None for a plain file.
+    ``path``: the file (or Parquet directory) on disk. ``member``: the file read inside a zip
+    archive. ``name``: the inner file name, for format detection. ``label``: how messages name it.
+    ``compression``: "zip", "gzip", "zstd" or None for a plain file or a directory.
     """
 
     path: Path
@@ -53,6 +63,39 @@ class Source:
             raise DataError(f"{self.label}: cannot read the {self.compression} data "
                             f"({type(err).__name__}: {_first_line(err)})") from None
         return self.path.read_bytes()
+
+    @property
+    def is_dir(self) -> bool:
+        return self.path.is_dir()
+
+    def local_file(self, scratch: Path) -> Path:
+        """A path Polars can scan: the file itself, or its content decompressed into ``scratch``."""
+        if self.compression is None:
+            return self.path
+        target = scratch / f"decompressed-{PurePosixPath(self.name).name}"
+        try:
+            with self._open() as stream, open(target, "wb") as out:
+                shutil.copyfileobj(stream, out, COPY_BLOCK)
+        except (zipfile.BadZipFile, gzip.BadGzipFile, zlib.error, EOFError, NotImplementedError,
+                RuntimeError, OSError) as err:  # pyarrow's ArrowInvalid is an OSError too
+            raise DataError(f"{self.label}: cannot read the {self.compression} data "
+                            f"({type(err).__name__}: {_first_line(err)})") from None
+        return target
+
+    @contextmanager
+    def _open(self) -> Iterator[BinaryIO]:
+        """The decompressed content as a binary stream."""
+        if self.compression == "zip":
+            with zipfile.ZipFile(self.path) as archive, archive.open(self.member or "") as stream:
+                yield stream
+        elif self.compression == "gzip":
+            with gzip.open(self.path, "rb") as stream:
+                yield stream  # type: ignore[misc]
+        else:
+            import pyarrow as pa
+
+            with pa.input_stream(str(self.path), compression="zstd") as stream:
+                yield stream  # type: ignore[misc]
 
 
 def _read_zstd(path: Path) -> bytes:
@@ -92,10 +135,11 @@ def display_name(path: str | Path) -> str:
 
 
 def check_file(path: Path) -> None:
+    """A missing or empty file is reported before anything tries to read it."""
     if not path.exists():
         raise DataError(f"{path}: file not found")
     if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected an interaction file")
+        return  # a Parquet dataset directory; readers check what it holds
     if path.stat().st_size == 0:
         raise DataError(f"{path}: file is empty")
 
@@ -111,6 +155,10 @@ def open_source(path: str | Path, member: str | None = None, preferred: str | No
     member = member or named
     file = Path(text)
     check_file(file)
+    if file.is_dir():
+        if member is not None:
+            raise DataError(f"{file}: only a .zip archive has members; drop ':{member}'")
+        return Source(path=file, label=str(file), name=file.name)
     suffix = file.suffix.lower()
     if suffix == ".zip":
         return _zip_source(file, member, preferred)
