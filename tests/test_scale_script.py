@@ -52,3 +52,18 @@ def test_a_run_reports_time_memory_and_counts(tmp_path: Path) -> None:
     assert run["interactions"] + run["dropped"]["k_core_filter"] == 20_000 and len(run["sha256"]) == 64
     assert not list((tmp_path / "logs").iterdir())  # not kept without --keep
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_data_digest_changes_with_the_prepared_data(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("data_digest", SCRIPT.with_name("data_digest.py"))
+    digest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(digest)
+    path = tmp_path / "log.csv"
+    rows = [f"u{k % 4},i{k % 5},{k}" for k in range(40)]
+    path.write_text("user,item,time\n" + "\n".join(rows) + "\n")
+    first = digest.main([str(path), "min_count=3"])
+    assert digest.main([str(path), "min_count=3"])["sha256"] == first["sha256"]
+    assert (first["users"], first["items"], first["interactions"]) == (4, 5, 40)
+    rows[0], rows[1] = "u0,i0,1", "u1,i1,0"  # two times swapped: other order, same counts
+    path.write_text("user,item,time\n" + "\n".join(rows) + "\n")
+    assert digest.main([str(path), "min_count=3"])["sha256"] != first["sha256"]

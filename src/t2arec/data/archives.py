@@ -147,9 +147,10 @@ def check_file(path: Path) -> None:
 def open_source(path: str | Path, member: str | None = None, preferred: str | None = None) -> Source:
     """Locate the interaction file named by ``path`` (and ``member``, for a zip archive).
 
-    ``path`` may carry the member itself (``x.zip:dir/file``). Without a member, a zip archive's
-    file is ``preferred`` (the known member of a known archive) when present, else its only file,
-    else its only ratings-like file; otherwise a ``DataError`` lists the files to choose from.
+    ``path`` may carry the member itself (``x.zip:dir/file``); a directory is a Parquet dataset.
+    Without a member, a zip archive's file is ``preferred`` (the known member of a known archive)
+    when present, else its only file, else its only ratings-like file; otherwise a ``DataError``
+    lists the files to choose from.
     """
     text, named = split_member(path)
     member = member or named
