@@ -249,50 +249,56 @@ class _TimeData:
         return cls(t, valid, float(max(pairs, 1)), model.cfg.time_scale)
 
 
-def _pair_hinges(d: Tensor, t: Tensor, valid: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    """Every pair (i, j) of a block, i < j: d, t, valid (..., b) -> the hinge max(0, 1 - (Delta_i -
-    Delta_j)(T_i - T_j) / lambda) (..., b, b), the pair mask and the scaled time differences (both 0
-    off the pairs). The values are those of ``T2ARec.time_loss_term``, which takes i < j by index."""
-    block = d.shape[-1]
-    upper = torch.ones(block, block, dtype=torch.bool, device=d.device).triu(1)
-    pairs = valid[..., :, None] & valid[..., None, :] & upper
-    t_scaled = (t[..., :, None] - t[..., None, :]) * pairs / scale
-    return 1.0 - (d[..., :, None] - d[..., None, :]) * t_scaled, pairs, t_scaled
+class _BlockPairs:
+    """Fixed matrices that lay out the pairs of a block of b positions as b/2 rows of b entries.
+
+    Each unordered pair {i, k} of a block is entry (delta, i) with k = (i + delta) mod b for one offset
+    delta in 1..b/2 (at delta = b/2, for even b, only i < b/2: the other half repeats those pairs;
+    their columns are zero). A block's values v (..., b) times ``diff`` (b, b/2 * b) give v_i - v_k
+    for every pair, exactly (one subtraction; the other terms are zeros), times ``both`` give
+    v_i + v_k, and a gradient per pair g (..., b/2 * b) times ``back`` gives, at each position,
+    sum of +g over the pairs where it is k minus sum over those where it is i.
+    """
+
+    def __init__(self, block: int, dtype: torch.dtype, device: torch.device) -> None:
+        offsets = block // 2
+        first = torch.zeros(block, offsets * block, dtype=dtype, device=device)
+        partner = torch.zeros_like(first)
+        for delta in range(1, offsets + 1):
+            for i in range(block if 2 * delta < block else block - delta):  # delta = b/2: i < b/2 only
+                first[i, (delta - 1) * block + i] = 1.0
+                partner[(i + delta) % block, (delta - 1) * block + i] = 1.0
+        self.diff, self.both, self.back = first - partner, first + partner, (partner - first).T
+
+    def hinges(self, d: Tensor, t: Tensor, valid: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
+        """d (..., b), t and valid broadcastable to it -> z = 1 - (d_i - d_k) ts_ik per pair (the hinge is
+        max(0, z)), the pair mask (1.0 when both positions take part) and ts_ik = (T_i - T_k) pair / lambda,
+        each (..., b/2 * b). Per pair the arithmetic of ``T2ARec.time_loss_term``, up to exact
+        negations (a pair taken in the other order negates both differences, not their product)."""
+        pairs = (valid.to(d.dtype) @ self.both == 2).to(d.dtype)
+        t_scaled = (t @ self.diff) * pairs / scale
+        return 1.0 - (d @ self.diff) * t_scaled, pairs, t_scaled
 
 
 def _time_inner(delta: Tensor, data: _TimeData, block: int, lengths: Tensor) -> tuple[Tensor, Tensor]:
     """The blocks of L_time without step n+1 (step 3): the sum of their hinges and its gradient with
     respect to every Delta_i, (B, L, H) (zero in the last block's positions). lengths: (B,), sorted.
 
-    Each unordered pair of a block is visited once, as (i, i + delta mod b) for the offsets
-    delta = 1..b/2 (at delta = b/2, for even b, only i < b/2): b/2 rows of b entries, half of the
-    b x b square that a broadcast difference would fill, and no gather (a view of [v, v] gives the
-    partners). Per pair the arithmetic is ``time_loss_term``'s up to exact negations (a pair taken in
-    the other order negates both differences, not their product). The hinge
-    max(0, 1 - (d_i - d_k) ts_ik) has gradient -ts_ik for d_i and +ts_ik for d_k when it is active.
-    A chunk of sequences starts at the first block that holds a pair of its longest sequence.
+    The hinge max(0, 1 - (d_i - d_k) ts_ik) of a pair has gradient -ts_ik for d_i and +ts_ik for d_k
+    when it is active (``_BlockPairs`` sums them per position). A chunk of sequences starts at the
+    first block that holds a pair of its longest sequence.
     """
     bsz, length, heads = delta.shape
     grad = torch.zeros_like(delta)
     inner_positions = length + 1 - block  # positions 1..n+1-b belong to the blocks before the last
     total = delta.new_zeros(())
-    offsets = block // 2
-    if inner_positions <= 0 or offsets == 0:
+    if inner_positions <= 0 or block < 2:
         return total, grad
     pad = (-(length + 1)) % block
     d_inner = F.pad(delta[:, :inner_positions].transpose(1, 2), (pad, 0)).unflatten(-1, (-1, block))  # (B, H, nb-1, b)
+    t_inner, valid_inner = data.t[..., :-1, :], data.valid[..., :-1, :]
     inner_blocks = d_inner.shape[2]
-
-    def doubled(v: Tensor) -> Tensor:  # (..., b) -> (..., 2b): [v, v], whose windows are the partners
-        return torch.cat([v, v], dim=-1)
-
-    def partners(v2: Tensor) -> Tensor:  # (..., 2b) -> (..., b/2, b): [delta - 1, i] = v[(i + delta) mod b]
-        return v2.unfold(-1, block, 1)[..., 1: offsets + 1, :]
-
-    d2, t2, valid2 = doubled(d_inner), doubled(data.t[..., :-1, :]), doubled(data.valid[..., :-1, :])
-    keep = torch.ones(offsets, block, dtype=torch.bool, device=delta.device)
-    if block % 2 == 0:
-        keep[-1, offsets:] = False  # offset b/2 meets every pair twice
+    pairs_of = _BlockPairs(block, delta.dtype, delta.device)
     grad_blocks = delta.new_zeros(bsz, heads, inner_blocks, block)
     step = max(1, TIME_CHUNK_TOKENS // max(length, 1))
     for i in range(0, bsz, step):
@@ -301,18 +307,9 @@ def _time_inner(delta: Tensor, data: _TimeData, block: int, lengths: Tensor) -> 
         if first >= inner_blocks:
             continue
         rows = (slice(i, i + step), slice(None), slice(first, None))
-        d_, t_, valid_ = d2[rows][..., :block], t2[rows][..., :block], valid2[rows][..., :block]
-        pairs = (valid_[..., None, :] & partners(valid2[rows]) & keep).to(delta.dtype)
-        t_scaled = (t_[..., None, :] - partners(t2[rows])).mul_(pairs).div_(data.scale)
-        z = (d_[..., None, :] - partners(d2[rows])).mul_(t_scaled).neg_().add_(1.0)  # 1 - (d_i - d_k) ts_ik
+        z, pairs, t_scaled = pairs_of.hinges(d_inner[rows], t_inner[rows], valid_inner[rows], data.scale)
         total += (F.relu(z) * pairs).sum()
-        g = torch.where(z > 0, t_scaled, 0.0)  # d hinge / d d_k at the partner; minus that at i
-        # the partner of entry (delta, i) is (i + delta) mod b: read g back with that shift,
-        # [delta - 1, k] = g[delta - 1, (k - delta) mod b], a strided view of [g, g]
-        g2 = doubled(g)  # (..., b/2, 2b), contiguous
-        shifted = g2.as_strided((*g2.shape[:-1], block), (*g2.stride()[:-2], 2 * block - 1, 1),
-                                g2.storage_offset() + block - 1)
-        grad_blocks[rows] = shifted.sum(-2) - g.sum(-2)
+        grad_blocks[rows] = torch.where(z > 0, t_scaled, 0.0) @ pairs_of.back  # 0 off the pairs
     grad[:, :inner_positions] = grad_blocks.flatten(-2)[..., pad:].transpose(1, 2)
     return total, grad
 
@@ -394,7 +391,7 @@ def _sequence_part(model: "T2ARec", items: Tensor, table: Tensor, padded_index: 
     # one ending at n+1 below) is a multiply and a sum over k: an einsum there loops over channels.
     conv_rows = rows[:, gate: gate + mixer.conv_channels]
     conv_tail = conv_rows.index_select(0, padded_index[:, -k:].reshape(-1)).view(bsz, k, -1)  # (B, k, C)
-    taps = mixer.conv.weight[:, 0, :].t()  # (k, C)
+    taps = mixer.conv.weight[:, 0, :].t().contiguous()  # (k, C); a strided view would slow the products 3x
     x_last, _, c_last = mixer.split_conv_output(F.silu((conv_tail * taps).sum(1) + mixer.conv.bias))
     h_folded = h.view(bsz * heads, ds, p)  # one (d_s, P) state per sequence and head
     c_heads = c_last[:, None].expand(bsz, heads, ds).reshape(bsz * heads, 1, ds)
@@ -414,7 +411,8 @@ def _sequence_part(model: "T2ARec", items: Tensor, table: Tensor, padded_index: 
     # L_time: the last block, from Delta_{n-m+1..n} and Delta_{n+1} (left-padded to b positions)
     d_last = torch.cat([last_delta, delta_next[:, None]], dim=1).transpose(1, 2)  # (B, H, m + 1)
     d_last = F.pad(d_last, (block - m - 1, 0))[..., None, :]  # (B, H, 1, b)
-    z, pairs, _ = _pair_hinges(d_last, time_data.t[..., -1:, :], time_data.valid[..., -1:, :], time_data.scale)
+    z, pairs, _ = _BlockPairs(block, d_last.dtype, d_last.device).hinges(
+        d_last, time_data.t[..., -1:, :], time_data.valid[..., -1:, :], time_data.scale)
     time = (inner_sum + (F.relu(z) * pairs).sum()) / time_data.count
 
     # L_state, factored: ||alpha h - u1 v1^T - u2 v2^T||^2 per head, with
