@@ -52,9 +52,9 @@ from t2arec.models.ssd import decay_to_end
 if TYPE_CHECKING:
     from t2arec.models.t2arec import T2ARec
 
-# sequences per chunk of L_time's inner blocks: (chunk, blocks, b, b) pair tensors of about 1.5 MB
+# tokens per chunk of L_time's inner blocks: (chunk, blocks, b/2 * b) pair tensors of about 200 kB
 TIME_CHUNK_TOKENS = 6400
-# when a dict, each part of the step adds its seconds of CPU time under its name (benchmarks/tta_breakdown.py)
+# when a dict, each part of the step adds its seconds (wall clock) under its name (benchmarks/tta_breakdown.py)
 part_seconds: dict[str, float] | None = None
 
 
@@ -70,12 +70,12 @@ def _chunks(lengths: Tensor, length: int) -> Iterator[tuple[slice, int]]:
 
 @contextlib.contextmanager
 def _part(name: str) -> Iterator[None]:
-    """A named part of the step: a profiler range, and its CPU time in ``part_seconds`` when that is set."""
-    start = time.process_time()
+    """A named part of the step: a profiler range, and its seconds in ``part_seconds`` when that is set."""
+    start = time.perf_counter()
     with record_function(f"t2arec.step.{name}"):
         yield
     if part_seconds is not None:
-        part_seconds[name] = part_seconds.get(name, 0.0) + time.process_time() - start
+        part_seconds[name] = part_seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 class _Convolution:
