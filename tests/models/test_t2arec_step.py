@@ -76,7 +76,7 @@ CASES = [
 @pytest.mark.parametrize("cache_tokens", [None, 40])
 def test_written_out_gradients_equal_autograd_in_float64(overrides, cache_tokens, monkeypatch):
     if cache_tokens:  # a few sequences per chunk: chunks of different lengths, the last one partial
-        monkeypatch.setattr("t2arec.models.last_state.CACHE_TOKENS", cache_tokens)
+        monkeypatch.setattr("t2arec.models.t2arec_step.CACHE_TOKENS", cache_tokens)
         monkeypatch.setattr("t2arec.models.t2arec_step.TIME_CHUNK_TOKENS", cache_tokens)
     model = trained_like(**overrides)
     batch = random_batch()

@@ -46,14 +46,16 @@ from torch import Tensor
 from torch.profiler import record_function
 
 from t2arec.models.base import SeqBatch
-from t2arec.models.last_state import chunk_rows
 from t2arec.models.ssd import decay_to_end
 
 if TYPE_CHECKING:
     from t2arec.models.t2arec import T2ARec
 
-# tokens per chunk of L_time's inner blocks: (chunk, blocks, b/2 * b) pair tensors of about 200 kB
-TIME_CHUNK_TOKENS = 6400
+# tokens per chunk of the token passes (steps 2 and 5): twice last_state.CACHE_TOKENS measured faster
+# here (the chunk's (n, L, d + d_s) tensors of about 5 MB stay in the 32 MB L3; fewer, larger ops)
+CACHE_TOKENS = 12_800
+# tokens per chunk of L_time's inner blocks: (chunk, blocks, b/2 * b) pair tensors of about 800 kB
+TIME_CHUNK_TOKENS = 25_600
 # when a dict, each part of the step adds its seconds (wall clock) under its name (benchmarks/tta_breakdown.py)
 part_seconds: dict[str, float] | None = None
 
@@ -61,7 +63,7 @@ part_seconds: dict[str, float] | None = None
 def _chunks(lengths: Tensor, length: int) -> Iterator[tuple[slice, int]]:
     """Cache-sized chunks of sequences sorted by length: (rows, longest real length in them), the
     chunks of empty sequences left out."""
-    step = chunk_rows(lengths.shape[0], length, lengths.device)
+    step = lengths.shape[0] if lengths.device.type != "cpu" else max(1, CACHE_TOKENS // max(length, 1))
     longest = lengths[step - 1:: step].tolist() + ([int(lengths[-1])] if lengths.shape[0] % step else [])
     for i, real in zip(range(0, lengths.shape[0], step), longest):
         if real > 0:
@@ -387,12 +389,19 @@ def _sequence_part(model: "T2ARec", items: Tensor, table: Tensor, padded_index: 
     m = min(block - 1, length)
     last_delta = delta[:, length - m:].detach().requires_grad_()
 
-    # y_n, o_n: as forward_last and T2ARecLayer.forward_last. The kernel window ending at n (and the
-    # one ending at n+1 below) is a multiply and a sum over k: an einsum there loops over channels.
+    # y_n, o_n: as forward_last and T2ARecLayer.forward_last. The kernel windows ending at n and at
+    # n+1 (below) are k multiply-adds of (B, C) rows each (an einsum there loops over the channels)
     conv_rows = rows[:, gate: gate + mixer.conv_channels]
-    conv_tail = conv_rows.index_select(0, padded_index[:, -k:].reshape(-1)).view(bsz, k, -1)  # (B, k, C)
-    taps = mixer.conv.weight[:, 0, :].t().contiguous()  # (k, C); a strided view would slow the products 3x
-    x_last, _, c_last = mixer.split_conv_output(F.silu((conv_tail * taps).sum(1) + mixer.conv.bias))
+    tail = [conv_rows.index_select(0, padded_index[:, j]) for j in range(-k, 0)]  # k x (B, C), oldest first
+    taps = [mixer.conv.weight[:, 0, j] for j in range(k)]
+
+    def window_conv(window: list[Tensor]) -> Tensor:  # k rows (B, C), oldest first -> SiLU(conv) (B, C)
+        pre = mixer.conv.bias
+        for row, tap in zip(window, taps):
+            pre = torch.addcmul(pre, row, tap)
+        return F.silu(pre)
+
+    x_last, _, c_last = mixer.split_conv_output(window_conv(tail))
     h_folded = h.view(bsz * heads, ds, p)  # one (d_s, P) state per sequence and head
     c_heads = c_last[:, None].expand(bsz, heads, ds).reshape(bsz * heads, 1, ds)
     y = (torch.bmm(c_heads, h_folded).view(bsz, heads, p) + probe_c).flatten(1) + mixer.skip(x_last)
@@ -404,8 +413,7 @@ def _sequence_part(model: "T2ARec", items: Tensor, table: Tensor, padded_index: 
     o_last = layer.ffn(layer.norm(a))[:, -1]
     # step n+1 (Eq. 11), as T2AMambaBlock.refeed
     _, conv_new, dt_next = mixer.split_projection(mixer.in_proj(o_last))
-    window = torch.cat([conv_tail[:, 1:], conv_new[:, None]], dim=1)  # (B, k, C)
-    x_next, b_next, _ = mixer.split_conv_output(F.silu((window * taps).sum(1) + mixer.conv.bias))
+    x_next, b_next, _ = mixer.split_conv_output(window_conv(tail[1:] + [conv_new]))
     delta_next = F.softplus(dt_next + mixer.dt_bias)  # (B, H)
 
     # L_time: the last block, from Delta_{n-m+1..n} and Delta_{n+1} (left-padded to b positions)
