@@ -54,6 +54,8 @@ VECTOR_BLOCK = 64
 def _pointwise(fn: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """``fn`` (elementwise) of ``x``, computed on a flat copy padded to a multiple of ``VECTOR_BLOCK``."""
     n = x.numel()
+    if n % VECTOR_BLOCK == 0:  # nothing to pad: the flat contiguous tensor is all whole blocks already
+        return fn(x.reshape(-1)).view(x.shape)
     flat = F.pad(x.reshape(-1), (0, (-n) % VECTOR_BLOCK))
     return fn(flat)[:n].view(x.shape)
 
@@ -77,7 +79,14 @@ def _decay_to_end(log_decay: Tensor) -> Tensor:
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Each row with its own Linear: x (B, T, in), weight (B, out, in), bias (B, out) -> (B, T, out)."""
+    """Each row with its own Linear: x (B, T, in), weight (B, out, in), bias (B, out) -> (B, T, out).
+
+    A single output column is a dot product per position, computed elementwise: ``bmm`` of one batch
+    element with one column becomes a matrix-vector product, which rounds differently from the same
+    element inside a larger ``bmm``."""
+    if weight.shape[1] == 1:
+        out = (x * weight[:, :1, :]).sum(-1, keepdim=True)
+        return out if bias is None else out + bias[:, None, :]
     out = torch.bmm(x, weight.transpose(1, 2))
     return out if bias is None else out + bias[:, None, :]
 
@@ -196,27 +205,37 @@ class T2ARecRequests:
         """D x with per-row D (B, H): (B, d) -> (B, d)."""
         return (x.unflatten(-1, (mixer.heads, mixer.head_dim)) * d_skip[:, :, None]).flatten(-2)
 
-    def _mixer_last(self, p: RowParameters, prefix: str, mixer,  # noqa: ANN001
-                    projection: Tensor, mask: Tensor) -> tuple[Tensor, tuple]:
-        """``T2AMambaBlock.forward_last``: (W_out y_n) (B, 1, d) and the trace pieces, from the masked
-        in_proj of every token (B, L, width)."""
-        d, ds, k = mixer.cfg.hidden_size, mixer.cfg.state_size, mixer.cfg.conv_kernel
+    def _mixer_last(self, p: RowParameters, prefix: str, mixer, hidden: Tensor,  # noqa: ANN001
+                    mask: Tensor) -> tuple[Tensor, tuple]:
+        """``T2AMambaBlock.forward_last``: (W_out y_n) (B, 1, d) and the trace pieces, from the block's
+        input (B, L, d).
+
+        The in-projection is computed by column group, each where it is read: [x~, B~] and dt at every
+        position, C~ at the last k, the gate z at the last one (as ``TokenInputs.take`` reads them), so
+        no slice of a (B, L, width) projection, nor its backward, is ever made."""
+        d, ds, k, heads = mixer.cfg.hidden_size, mixer.cfg.state_size, mixer.cfg.conv_kernel, mixer.heads
         gate = d if mixer.cfg.output_gate else 0
-        maskf = mask.to(projection.dtype)
+        channels = mixer.conv_channels  # d + 2 d_s
+        maskf = mask.to(hidden.dtype)[..., None]
+        w_in = p[prefix + "in_proj.weight"]  # (B, gate + channels + H, d)
         weight, bias = p[prefix + "conv.weight"][:, :, 0], p[prefix + "conv.bias"]  # (B, C, k), (B, C)
-        delta = _softplus(projection[..., -mixer.heads:] + p[prefix + "dt_bias"][:, None, :]) * maskf[..., None]
-        tail = _pad_window(projection[:, -k:, gate:gate + mixer.conv_channels], k)  # (B, k, C)
+        xb_in = _linear(hidden, w_in[:, gate:gate + d + ds]) * maskf  # (B, L, d + d_s), zero at padding
+        dt = _linear(hidden, w_in[:, gate + channels:])  # (B, L, H)
+        delta = _softplus(dt + p[prefix + "dt_bias"][:, None, :]) * maskf
+        c_tail = _linear(hidden[:, -k:], w_in[:, gate + d + ds:gate + channels]) * maskf[:, -k:]
+        tail = _pad_window(torch.cat([xb_in[:, -k:], c_tail], dim=-1), k)  # (B, k, C): the window ending at n
         x_last, _, c_last = mixer.split_conv_output(_silu(_conv_at_end(tail, weight, bias)))
-        xb = _causal_conv(projection[..., gate:gate + d + ds], weight[:, :d + ds], bias[:, :d + ds])
+        xb = _causal_conv(xb_in, weight[:, :d + ds], bias[:, :d + ds])
         x, b = torch.split(_silu(xb), [d, ds], dim=-1)
         h_n = self._heads_state(mixer, x, delta, b, -_exp(p[prefix + "A_log"]))
         bsz = h_n.shape[0]
         # C_n . h_n per head: one (1, d_s) x (d_s, P) product per row and head
-        read = torch.bmm(c_last[:, None, None, :].expand(bsz, mixer.heads, 1, ds).reshape(-1, 1, ds),
+        read = torch.bmm(c_last[:, None, None, :].expand(bsz, heads, 1, ds).reshape(-1, 1, ds),
                          h_n.reshape(-1, ds, mixer.head_dim)).view(bsz, -1)
         y = read + self._skip(mixer, x_last, p[prefix + "D"])
         if gate:
-            y = y * _silu(projection[:, -1, :gate])
+            z_last = _linear(hidden[:, -1:], w_in[:, :gate])[:, 0] * maskf[:, -1]
+            y = y * _silu(z_last)
         trace = (delta, tail[:, 1:], x_last, h_n)
         return _linear(y[:, None], p[prefix + "out_proj.weight"]), trace
 
@@ -235,8 +254,7 @@ class T2ARecRequests:
         tokens = self.rows.reshape(-1, self.rows.shape[-1]).index_select(0, self.token_row.reshape(-1))
         hidden = _layer_norm(tokens.view(*items.shape, -1), p["embed_norm.weight"], p["embed_norm.bias"],
                              model.embed_norm.eps)  # (B, L, d)
-        projection = _linear(hidden, p[prefix + "mixer.in_proj.weight"]) * mask.to(hidden.dtype)[..., None]
-        mixed, trace = self._mixer_last(p, prefix + "mixer.", layer.mixer, projection, mask)
+        mixed, trace = self._mixer_last(p, prefix + "mixer.", layer.mixer, hidden, mask)
         a = mixed + hidden[:, -1:] if layer.residual else mixed
         a = _layer_norm(a, p[prefix + "norm.weight"], p[prefix + "norm.bias"], layer.norm.eps)
         return self._ffn(p, prefix, layer, a)[:, 0], trace
