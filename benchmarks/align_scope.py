@@ -8,7 +8,7 @@ the test split of its own data:
 
 1. ``stored``: no step, the batch step and the request step at the step size the checkpoint stores
    (``align.lr``: the chosen step, or the best grid step when none was significant; what
-   ``t2arec evaluate --align --align-scope batch|request`` runs);
+   ``t2arec evaluate --align --align-scope batch|request`` runs), or at ``--lr``;
 2. ``grid``: validation NDCG@10 of both scopes at every step of the checkpoint's ``align.lr_grid``,
    and the step each scope's selection rule (``evaluate.select_alignment_lr``, on validation only)
    picks, with its test metrics.
@@ -49,12 +49,14 @@ def summary(result: EvalResult) -> dict[str, Any]:
             "seconds": result.seconds, "ms_per_user": 1000 * result.seconds / max(users, 1)}
 
 
-def compare_checkpoint(path: Path, grid: bool = True, batch_size: int | None = None) -> dict[str, Any]:
-    """Every figure above for one checkpoint."""
+def compare_checkpoint(path: Path, grid: bool = True, batch_size: int | None = None,
+                       lr: float | None = None) -> dict[str, Any]:
+    """Every figure above for one checkpoint (``lr``: another step size than the stored one)."""
     model, cfg, payload = load_model(checkpoint_path(path))
     data = remap_items(load_data(cfg), payload["item_ids"])
     splits = {name: evaluation_examples(data, name, cfg.data.max_len) for name in ("valid", "test")}
-    stored = dataclasses.replace(cfg.align, enabled=True, batch_size=batch_size or cfg.align.batch_size)
+    stored = dataclasses.replace(cfg.align, enabled=True, batch_size=batch_size or cfg.align.batch_size,
+                                 lr=cfg.align.lr if lr is None else lr)
     out: dict[str, Any] = {"checkpoint": str(checkpoint_path(path)), "dataset": data.report.name,
                            "users": data.num_users, "max_len": cfg.data.max_len, "seed": cfg.seed,
                            "stored_lr": stored.lr, "stored_enabled": cfg.align.enabled, "batch_size": stored.batch_size,
@@ -90,7 +92,8 @@ def to_markdown(results: list[dict[str, Any]]) -> str:
             s = r["stored"][split]
             cmp = s["request_vs_batch"]
             lines.append(f"| {r['dataset']} seed {r['seed']} | {split} | {r['stored_lr']:g} "
-                         f"| {s['none']['ndcg@10']:.4f} | {s['batch']['ndcg@10']:.4f} | {s['request']['ndcg@10']:.4f} | {cmp['ndcg_gain']:+.4f} "
+                         f"| {s['none']['ndcg@10']:.4f} | {s['batch']['ndcg@10']:.4f} | {s['request']['ndcg@10']:.4f} "
+                         f"| {cmp['ndcg_gain']:+.4f} "
                          f"({cmp['users_helped']}/{cmp['users_hurt']}, {cmp['p_value']:.2g}) "
                          f"| {s['batch']['param_shift_mean']:.3g} / {s['request']['param_shift_mean']:.3g} "
                          f"| {s['batch']['ms_per_user']:.2f} / {s['request']['ms_per_user']:.2f} |")
@@ -112,6 +115,9 @@ def main() -> int:
     parser.add_argument("--checkpoints", type=Path, nargs="+", required=True, help="run folders or checkpoint files")
     parser.add_argument("--no-grid", action="store_true", help="only the stored step size (no validation grid)")
     parser.add_argument("--batch-size", type=int, default=None, help="users per batch step (default: the checkpoint's)")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="step size of the 'stored' rows instead of the checkpoint's (for reading: not chosen on "
+                             "validation)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = parser.parse_args()
@@ -119,7 +125,8 @@ def main() -> int:
     flush_denormals()
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = [compare_checkpoint(path, grid=not args.no_grid, batch_size=args.batch_size) for path in args.checkpoints]
+    results = [compare_checkpoint(path, grid=not args.no_grid, batch_size=args.batch_size, lr=args.lr)
+               for path in args.checkpoints]
     report = {"command": " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "results": results}
     if args.out:
         args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -94,6 +94,8 @@ def start_server(args: argparse.Namespace, port: int, log: Any) -> subprocess.Po
     command = [sys.executable, "-m", "t2arec.cli", "serve", "--checkpoint", str(args.checkpoint),
                "--host", "127.0.0.1", "--port", str(port), "--max-batch-users", str(args.max_batch_users),
                "--max-wait-ms", str(args.max_wait_ms), "--align-scope", args.align_scope, "--no-access-log"]
+    if args.align:
+        command.append("--align")  # force the checkpoint's stored step (when none was chosen on validation)
     return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             preexec_fn=_die_with_parent)
 
@@ -208,6 +210,7 @@ def main() -> int:
     parser.add_argument("--max-wait-ms", type=float, default=5.0)
     parser.add_argument("--align-scope", choices=["request", "batch"], default="request",
                         help="the server's alignment scope (t2arec serve --align-scope)")
+    parser.add_argument("--align", action="store_true", help="serve with --align (force the stored step)")
     parser.add_argument("--probe-every", type=int, default=10,
                         help="every N-th request of a client is a probe, compared with its answer alone")
     parser.add_argument("--max-history", type=int, default=200, help="interactions sent per user")
