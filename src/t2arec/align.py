@@ -7,8 +7,8 @@ whole batch, so results depend on the batch size.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
 
 import torch
@@ -181,13 +181,14 @@ def _request_chunks(index: Tensor, max_rows: int) -> list[tuple[Tensor, Tensor, 
 
 @contextlib.contextmanager
 def one_thread() -> Iterator[None]:
-    """PyTorch on one thread inside the block (restored after it).
+    """PyTorch (and MKL, process-wide) on one thread inside the block, restored after it.
 
     With several threads, an elementwise kernel splits a tensor among them at offsets that depend on
     its size, and a reduction may split the reduced dimension when the output is small (a single
     request). Either changes how a row's values are rounded, so a request would not get the same
-    numbers alone and among others. The per-request step is bound by memory traffic, not arithmetic,
-    so one thread costs little (docs/performance.md, "Per-request alignment").
+    numbers alone and among others. The step is mostly memory traffic (docs/performance.md,
+    "Per-request alignment"); what a second thread would have gained was not measured on a quiet
+    machine.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(1)
