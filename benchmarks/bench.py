@@ -11,6 +11,14 @@ targets (one epoch of non-overlapping windows, batch 128) after a warm-up of a f
 Every other timing is the median of ``--repeats`` runs after a warm-up. Peak memory is the
 process's peak resident set right after the ML-1M-shaped T2ARec training epochs, which run first
 (nothing larger has run before them).
+
+Test-time alignment per request (issue 12): ``tta_request_it_s`` is ``tta_it_s`` with
+``align.scope=request`` (every one of the 4,096 users its own request and its own step);
+``served_ms`` is the latency of one single-user request through ``Recommender.recommend_encoded``
+(in process, k = 10, aligned, both scopes: p50/p99 over ``--latency-users`` test users after a
+warm-up). ``--only-scope`` computes just these (and ``tta_it_s`` for the ratio), a few minutes:
+
+    python benchmarks/bench.py --only-scope --threads 1 --out docs/performance/scope.json
 """
 from __future__ import annotations
 
@@ -28,7 +36,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from t2arec.align import score_batch
+from t2arec.align import score_batch_scoped
 from t2arec.config import RunConfig, apply_overrides
 from t2arec.data.batching import evaluation_examples, training_windows
 from t2arec.data.prepare import prepare
@@ -110,7 +118,7 @@ def target_pass_seconds(name: str, data: SequenceData, max_len: int, warmup_step
 
 
 def test_iteration(model: SequentialRecommender, batch: SeqBatch, align) -> None:  # noqa: ANN001
-    scores, _ = score_batch(model, batch, align)
+    scores, _ = score_batch_scoped(model, batch, align)  # align.scope request: every user its own step
     target_ranks(scores, batch.targets)
 
 
@@ -121,6 +129,37 @@ def test_it_s(name: str, data: SequenceData, max_len: int, batch_size: int, repe
     batch = full_batch(evaluation_examples(data, "test", max_len), batch_size)
     align = cfg.align if aligned else None
     return 1.0 / median_seconds(lambda: test_iteration(model, batch, align), repeats)
+
+
+def served_ms(data: SequenceData, max_len: int, users: int, scope: str, warmup: int = 5) -> dict[str, float]:
+    """Latency of one single-user aligned request in process (``Recommender.recommend_encoded``, k = 10),
+    ms: p50, p99 and mean over ``users`` test users, each sent alone."""
+    from t2arec.serve.recommender import EncodedUser, Recommender
+
+    model, cfg = make_model("t2arec", data, max_len, [f"align.scope={scope}"])
+    recommender = Recommender(model, cfg, [None, *range(1, data.num_items + 1)])
+    people = [EncodedUser(items[:-1], times[:-1], float(times[-1]), 0)
+              for items, times in zip(data.items[:users], data.times[:users])]
+    assert recommender.aligns and recommender.scope == scope
+    for user in people[:warmup]:
+        recommender.recommend_encoded([user], 10)
+    ms = []
+    for user in people:
+        start = time.perf_counter()
+        recommender.recommend_encoded([user], 10)
+        ms.append((time.perf_counter() - start) * 1000)
+    return {"p50": float(np.percentile(ms, 50)), "p99": float(np.percentile(ms, 99)), "mean": float(np.mean(ms)),
+            "users": len(ms)}
+
+
+def scope_figures(big: SequenceData, batch_size: int, repeats: int, latency_users: int) -> dict[str, Any]:
+    """Aligned throughput in both scopes on the ML-1M-shaped set and single-user served latency."""
+    figures: dict[str, Any] = {}
+    figures["tta_it_s"] = test_it_s("t2arec", big, 200, batch_size, repeats, True)
+    figures["tta_request_it_s"] = test_it_s("t2arec", big, 200, batch_size, repeats, True, ["align.scope=request"])
+    figures["tta_request_over_tta"] = figures["tta_request_it_s"] / figures["tta_it_s"]
+    figures["served_ms"] = {scope: served_ms(big, 200, latency_users, scope) for scope in ("request", "batch")}
+    return figures
 
 
 class _Unattributed:
@@ -164,6 +203,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--tta-only", action="store_true",
                         help="only T2ARec's test iterations with and without alignment (tta_it_s, no_tta_it_s)")
+    parser.add_argument("--only-scope", action="store_true",
+                        help="only the figures of both alignment scopes (tta_it_s, tta_request_it_s, served_ms)")
+    parser.add_argument("--latency-users", type=int, default=200, help="single-user requests timed for served_ms")
     args = parser.parse_args()
     keep_freed_memory()
     flush_denormals()
@@ -176,13 +218,17 @@ def main() -> None:
 
     big = ml1m_like()
     figures["ml1m_like"] = {"users": big.num_users, "items": big.num_items, "interactions": big.report.interactions}
-    if args.tta_only:
-        for key in ("tta_it_s", "no_tta_it_s"):
-            figures[key] = test_it_s("t2arec", big, 200, args.batch_size, args.repeats, key == "tta_it_s", slow)
-        figures["tta_over_no_tta"] = figures["tta_it_s"] / figures["no_tta_it_s"]
-        print(json.dumps(figures, indent=2))
+    if args.tta_only or args.only_scope:
+        if args.tta_only:
+            for key in ("tta_it_s", "no_tta_it_s"):
+                figures[key] = test_it_s("t2arec", big, 200, args.batch_size, args.repeats, key == "tta_it_s", slow)
+            figures["tta_over_no_tta"] = figures["tta_it_s"] / figures["no_tta_it_s"]
+        if args.only_scope:
+            figures |= scope_figures(big, args.batch_size, args.repeats, args.latency_users)
+        text = json.dumps(figures, indent=2)
+        print(text)
         if args.out:
-            args.out.write_text(json.dumps(figures, indent=2) + "\n")
+            args.out.write_text(text + "\n")
         return
     figures["epoch_s_ml1m_like"] = epoch_seconds("t2arec", big, 200, 1)
     figures["train_peak_rss_mb"] = peak_rss_mb()
@@ -192,6 +238,7 @@ def main() -> None:
         figures[key] = test_it_s(name, big, 200, args.batch_size, args.repeats, key == "tta_it_s", extra)
     figures["tta_over_no_tta"] = figures["tta_it_s"] / figures["no_tta_it_s"]
     figures["tta_over_sasrec"] = figures["tta_it_s"] / figures["sasrec_it_s"]
+    figures |= {k: v for k, v in scope_figures(big, args.batch_size, args.repeats, 200).items() if k != "tta_it_s"}
     figures["flops_per_test_iteration"] = flops_per_iteration("t2arec", big, 200, args.batch_size, True)
     figures["flops_per_test_iteration_no_tta"] = flops_per_iteration("t2arec", big, 200, args.batch_size, False)
 

@@ -24,9 +24,27 @@ def test_the_benchmark_prints_every_figure(tmp_path, monkeypatch, capsys):
     figures = json.loads(out.read_text())
     assert json.loads(capsys.readouterr().out) == figures
     for key in ("tta_it_s", "no_tta_it_s", "sasrec_it_s", "mamba4rec_it_s", "epoch_s_ml100k", "epoch_s_ml1m_like",
-                "train_peak_rss_mb", "flops_per_test_iteration", "matmul_gflops"):
+                "train_peak_rss_mb", "flops_per_test_iteration", "matmul_gflops", "tta_request_it_s"):
         assert figures[key] > 0, key
+    assert all(figures["served_ms"][scope]["p99"] >= figures["served_ms"][scope]["p50"] > 0
+               for scope in ("request", "batch"))
     assert set(figures["epoch_s_ml1m"]) == set(MODEL_NAMES)  # every model's pass over the training targets
     assert all(seconds > 0 for seconds in figures["epoch_s_ml1m"].values())
     # the step adds a forward and a backward pass to the prediction: more counted work
     assert figures["flops_per_test_iteration"] > 2 * figures["flops_per_test_iteration_no_tta"]
+
+
+def test_only_the_scope_figures(tmp_path, monkeypatch, capsys):
+    bench = load_benchmark("bench")
+    tiny = prepare(make_synthetic(num_users=40, num_items=30, mean_length=12, seed=0), name="tiny")
+    monkeypatch.setattr(bench, "ml1m_like", lambda: tiny)
+    out = tmp_path / "scope.json"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--only-scope", "--repeats", "1", "--batch-size", "16",
+                                      "--latency-users", "12", "--out", str(out)])
+    bench.main()
+    figures = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == figures
+    assert figures["tta_it_s"] > 0 and figures["tta_request_it_s"] > 0
+    assert figures["tta_request_over_tta"] == figures["tta_request_it_s"] / figures["tta_it_s"]
+    assert {scope: figures["served_ms"][scope]["users"] for scope in ("request", "batch")} == {"request": 12, "batch": 12}
+    assert "epoch_s_ml1m" not in figures and "sasrec_it_s" not in figures  # nothing else ran

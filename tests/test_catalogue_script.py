@@ -26,7 +26,10 @@ def test_the_parts_report_time_memory_and_latency(one_thread):
     aligned = catalogue.evaluate_part(SMALL, aligned=True)
     assert plain["aligned_batches"] == 0 and aligned["aligned_batches"] == 2  # 24 examples at batch 16
     for part in (plain, aligned):
-        assert part["seconds"] > 0 and 0 < part["rss_before_gib"] <= part["peak_rss_gib"]
+        # VmRSS and ru_maxrss come from different kernel counters (per-CPU RSS counts are folded in
+        # lazily, tens of KiB late): when this process is at its lifetime peak (after large tests in
+        # the same session) "before" can read a few KiB above the peak. 1 MiB of slack
+        assert part["seconds"] > 0 and 0 < part["rss_before_gib"] <= part["peak_rss_gib"] + 2**-10
     serve = catalogue.serve_part(SMALL)
     for mode in ("plain", "aligned"):
         assert serve[mode]["requests"] == 3 and 0 < serve[mode]["p50_ms"] <= serve[mode]["p99_ms"]

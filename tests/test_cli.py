@@ -77,6 +77,33 @@ def test_a_step_given_without_a_grid_is_used_untested_and_evaluate_reproduces_it
     assert evaluated["test"] == results["test"] and evaluated["alignment"]["applied"]
 
 
+def test_align_scope_flag_of_run_and_evaluate(tmp_path):
+    """--align-scope request: every test user its own step, stored in the checkpoint; evaluate follows
+    it, --align-scope switches it, and a bad scope is a one-line error."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--out", str(out), "--seed", "3", "--align-scope", "request", "align.lr_grid=",
+                                 "align.lr=1.0", *SMALL])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["alignment"]["scope"] == "request" and results["config"]["align"]["scope"] == "request"
+    assert results["alignment"]["applied"] and results["test"] != results["test_no_tta"]
+    runs = {}
+    for flags in ((), ("--align-scope", "request"), ("--align-scope", "batch")):
+        again = tmp_path / f"eval{len(runs)}"
+        result = runner.invoke(app, ["evaluate", "--checkpoint", str(out / "checkpoint"), "--out", str(again),
+                                     *flags, "--quiet"])
+        assert result.exit_code == 0, result.output
+        runs[flags] = json.loads((again / "results.json").read_text())
+    assert runs[()]["test"] == runs[("--align-scope", "request")]["test"] == results["test"]
+    assert runs[("--align-scope", "batch")]["alignment"]["scope"] == "batch"
+    assert runs[("--align-scope", "batch")]["test"] != results["test"]  # one step for all 150 users
+    result = runner.invoke(app, ["evaluate", "--checkpoint", str(out / "checkpoint"), "--out", str(tmp_path / "bad"),
+                                 "--align-scope", "user", "--quiet"])
+    assert result.exit_code == 2 and "align.scope must be 'batch' or 'request'" in result.output
+    result = runner.invoke(app, ["run", "--out", str(tmp_path / "bad"), "--align-scope", "user", *SMALL])
+    assert result.exit_code == 2 and "align.scope" in result.output
+
+
 def test_same_seed_same_metrics(tmp_path):
     metrics = []
     for name in ("a", "b"):

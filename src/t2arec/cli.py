@@ -20,6 +20,9 @@ DATA_HELP = ("Interaction file, archive (x.zip, x.zip:MEMBER, x.gz, x.zst) or da
              "(downloaded once into the cache); omit for the built-in synthetic dataset.")
 ALIGN_HELP = ("Test-time alignment. Default: as the checkpoint says (the step chosen on validation, or none when "
               "no step's gain was significant); --align forces the stored step, --no-align turns it off.")
+SCOPE_HELP = ("What one test-time step covers: 'batch' (one step per batch, the paper's Algorithm 1) or 'request' "
+              "(every request its own step from the trained parameters, so its answer depends on it alone; "
+              "in evaluation every user is a request).")
 
 
 def fail(message: str) -> None:
@@ -66,6 +69,8 @@ def run(
     align: Optional[bool] = typer.Option(None, "--align/--no-align",
                                          help="Test-time alignment (default on: a step is chosen on validation, "
                                               "or none when no step's gain is significant)."),
+    align_scope: Optional[str] = typer.Option(None, "--align-scope", metavar="batch|request",
+                                              help=SCOPE_HELP + " Default: batch (align.scope)."),
     out: Path = typer.Option(Path("runs/latest"), help="Output folder for results.json and checkpoint."),
     quiet: bool = typer.Option(False, help="No progress bars."),
 ) -> None:
@@ -84,7 +89,7 @@ def run(
         flags = {"data.path": str(data) if data else None, "data.format": format if format != "auto" else None,
                  "data.time_unit": time_unit, "model_name": model, "data.max_len": max_len,
                  "train.epochs": epochs, "train.batch_size": batch_size, "seed": seed, "device": device,
-                 "align.enabled": align}
+                 "align.enabled": align, "align.scope": align_scope}
         for key, value in flags.items():
             if value is not None:
                 apply_overrides(cfg, [f"{key}={value}"])
@@ -125,6 +130,9 @@ def evaluate(
     columns: Optional[str] = typer.Option(None, help="Column mapping, e.g. user=uid,item=iid,time=ts"),
     batch_size: Optional[int] = typer.Option(None, help="Evaluation (and alignment) batch size."),
     align: Optional[bool] = typer.Option(None, "--align/--no-align", help=ALIGN_HELP),
+    align_scope: Optional[str] = typer.Option(None, "--align-scope", metavar="batch|request",
+                                              help=SCOPE_HELP + " Default: the checkpoint's (batch unless it was "
+                                                   "trained with request)."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     out: Path = typer.Option(Path("runs/evaluate"), help="Output folder for results.json."),
     quiet: bool = typer.Option(False, help="No progress bars."),
@@ -134,7 +142,7 @@ def evaluate(
 
     changes = {"path": str(data) if data else None, "format": format,
                "columns": parse_mapping(columns) if columns else None,
-               "batch_size": batch_size, "align": align, "device": device}
+               "batch_size": batch_size, "align": align, "align_scope": align_scope, "device": device}
     results = run_guarded(lambda: evaluate_checkpoint(checkpoint, out, changes, progress=not quiet))
     typer.echo(DatasetReport(**results["dataset"]).summary())
     typer.echo(format_table(results))
@@ -330,19 +338,22 @@ def recommend(
     output: Optional[Path] = typer.Option(None, help="Output JSON lines, written atomically (default: stdout)."),
     k: int = typer.Option(10, "--k", help="Items per user."),
     align: Optional[bool] = typer.Option(None, "--align/--no-align", help=ALIGN_HELP),
+    align_scope: str = typer.Option("request", "--align-scope", metavar="batch|request",
+                                    help=SCOPE_HELP + " Here a request is one input line."),
     exclude_seen: bool = typer.Option(False, "--exclude-seen", help="Never recommend an item of the history."),
     strict: bool = typer.Option(False, "--strict", help="Unknown item ids are an error instead of skipped."),
-    batch_size: Optional[int] = typer.Option(None, help="Users per model call and alignment step "
-                                             "(default: the checkpoint's align.batch_size, as in evaluation)."),
+    batch_size: Optional[int] = typer.Option(None, help="Users per model call (and per alignment step with "
+                                             "--align-scope batch; default: the checkpoint's align.batch_size, "
+                                             "as in evaluation)."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
 ) -> None:
     """Top-k raw item ids for every line of a JSON-lines file, one JSON line out per line in."""
     from t2arec.serve import Recommender
     from t2arec.serve.jsonl import recommend_file
 
-    lines = run_guarded(lambda: recommend_file(Recommender.load(checkpoint, device, align=align), input, output, k=k,
-                                               align=align is not False, exclude_seen=exclude_seen, strict=strict,
-                                               batch_size=batch_size))
+    lines = run_guarded(lambda: recommend_file(Recommender.load(checkpoint, device, align=align, scope=align_scope),
+                                               input, output, k=k, align=align is not False,
+                                               exclude_seen=exclude_seen, strict=strict, batch_size=batch_size))
     if output is None:
         for line in lines:
             typer.echo(line)
@@ -355,13 +366,15 @@ def serve(
     checkpoint: Path = typer.Option(..., help="A checkpoint written by 't2arec run'."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
-    max_batch_users: int = typer.Option(64, help="Users per micro-batch (one alignment step each)."),
+    max_batch_users: int = typer.Option(64, help="Users per micro-batch (one model call)."),
     max_wait_ms: float = typer.Option(5.0, help="How long a micro-batch waits for more requests."),
     max_users: int = typer.Option(256, help="Users per request."),
     max_history: int = typer.Option(1000, help="Interactions per user."),
     max_body_bytes: int = typer.Option(1_048_576, help="Larger request bodies get 413."),
     max_k: int = typer.Option(100, help="Largest k a request may ask for."),
     align: Optional[bool] = typer.Option(None, "--align/--no-align", help=ALIGN_HELP),
+    align_scope: str = typer.Option("request", "--align-scope", metavar="batch|request",
+                                    help=SCOPE_HELP + " Here a request is one POST /recommend body."),
     device: str = typer.Option("cpu", help="cpu | cuda"),
     access_log: bool = typer.Option(True, "--access-log/--no-access-log", help="Log every request."),
 ) -> None:
@@ -374,7 +387,7 @@ def serve(
     def job() -> Any:
         settings = ServeSettings(max_batch_users=max_batch_users, max_wait_ms=max_wait_ms, max_users=max_users,
                                  max_history=max_history, max_body_bytes=max_body_bytes, max_k=max_k)
-        return create_app(Recommender.load(checkpoint, device, align=align), settings)
+        return create_app(Recommender.load(checkpoint, device, align=align, scope=align_scope), settings)
 
     application = run_guarded(job)
     uvicorn.run(application, host=host, port=port, access_log=access_log, log_level="info")

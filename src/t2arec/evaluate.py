@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from t2arec import distributed
-from t2arec.align import AlignConfig, use_scores
+from t2arec.align import AlignConfig, use_scores_scoped
 from t2arec.data.batching import Examples
 from t2arec.models.base import SequentialRecommender
 from t2arec.scoring import ItemScores, chunk_size, item_chunks, row_slices
@@ -148,7 +148,9 @@ def evaluate(
     progress: bool = False,
     chunk: int | None = None,
 ) -> EvalResult:
-    """Rank every example's target among all items; align each batch first when ``align`` is enabled.
+    """Rank every example's target among all items; align each batch first when ``align`` is enabled
+    (``align.scope`` "batch": one step per batch; "request": every example its own step, so its rank
+    depends on nothing else and ``param_shift`` holds each batch's mean over its examples).
 
     Items are scored ``chunk`` at a time (None: as many as fit 2^26 scores per block, see
     ``item_ranks``), inside the batch's alignment, so memory is bounded for any catalogue.
@@ -163,7 +165,8 @@ def evaluate(
     for number in tqdm(distributed.rank_share(len(starts)), desc="evaluate", disable=not progress, leave=False):
         batch = examples.batch(slice(starts[number], starts[number] + batch_size)).to(device)
         rank_block = functools.partial(item_ranks, targets=batch.targets, chunk=chunk)
-        batch_ranks, stats = use_scores(model, batch, align, rank_block)
+        # align.scope: one step for the batch, or ("request") one per example: each user its own request
+        batch_ranks, stats = use_scores_scoped(model, batch, align, rank_block)
         done[number] = (batch_ranks.cpu().numpy(), stats.param_shift if stats else None)
     model.train(was_training)
     per_batch = distributed.gather_in_order(done, len(starts))

@@ -114,7 +114,7 @@ def results_block(ev: Evaluation, align: AlignConfig, chosen: dict[str, Any] | N
         "alignment": {"applied": applied, "chosen": chosen, "optimizer": align.optimizer,
                       "lr": align.lr if applied else None,  # the step test used; None: no step
                       "steps": align.steps, "mu_time": align.mu_time, "mu_state": align.mu_state,
-                      "batch_size": align.batch_size,
+                      "batch_size": align.batch_size, "scope": align.scope,
                       "param_shift_mean": float(np.mean(shifts)) if shifts else 0.0,
                       "seconds": ev.aligned.seconds if ev.aligned else 0.0,
                       "seconds_no_tta": ev.unaligned.seconds},
@@ -243,6 +243,9 @@ def evaluate_checkpoint(checkpoint: str | Path, out_dir: str | Path, cfg_changes
         cfg.align.batch_size = cfg_changes["batch_size"]
     if cfg_changes.get("align") is not None:  # --align forces the stored step even when none was chosen
         cfg.align.enabled = cfg_changes["align"]
+    if cfg_changes.get("align_scope") is not None:
+        cfg.align.scope = cfg_changes["align_scope"]
+    validate(cfg)  # the changes above (an unknown scope, a batch size below 1) are refused here
     device = resolve_device(cfg_changes.get("device", "cpu"))
     data = remap_items(load_data(cfg, progress=progress), payload["item_ids"])
     test = evaluation_examples(data, "test", cfg.data.max_len)

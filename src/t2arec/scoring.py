@@ -77,6 +77,62 @@ class TableScores(ItemScores):
         return self.table.columns(self.query, items)
 
 
+# MKL computes a product with one or two query rows by a matrix-vector kernel whose rounding differs
+# from the matrix-matrix kernel used for three rows or more (whose rows do not depend on how many
+# rows there are: measured, docs/serving.md "Isolation"). ``CorrectedScores`` pads fewer rows to this.
+MIN_ROWS = 8
+
+
+class CorrectedScores(ItemScores):
+    """query . table plus a sparse correction: (row, item) -> value added to that one score.
+
+    Per-request test-time alignment (``t2arec.align.use_scores_by_request``) changes, for each row, the
+    item-table rows of the items its own request read; the rest of the table is the trained one. So
+    its scores are the trained product plus q . dE on those few items, without a per-row table.
+    A row's values do not depend on the other rows: the product pads the queries to ``MIN_ROWS``.
+
+    query: (B, d); rows, items, values: (M,) row index, 0-based item index, value to add (each
+    (row, item) pair at most once).
+    """
+
+    def __init__(self, query: Tensor, table: ItemTable, rows: Tensor, items: Tensor, values: Tensor) -> None:
+        self.query, self.table = query, table
+        self.rows, self.num_items = query.shape[0], table.num_items
+        self.device, self.dtype = query.device, query.dtype
+        order = torch.argsort(items, stable=True)  # by item, so that a block's entries are one slice
+        self.fix_rows, self.fix_items, self.fix_values = rows[order], items[order], values[order].to(query.dtype)
+        if self.rows < MIN_ROWS:
+            self._padded = torch.cat([query, query.new_zeros(MIN_ROWS - self.rows, query.shape[1])])
+        else:
+            self._padded = query
+
+    def block(self, start: int, stop: int) -> Tensor:
+        out = self.table.scores(self._padded, start, stop)[: self.rows]
+        lo, hi = torch.searchsorted(self.fix_items, torch.tensor([start, stop], device=self.device)).tolist()
+        if hi > lo:
+            out.index_put_((self.fix_rows[lo:hi], self.fix_items[lo:hi] - start), self.fix_values[lo:hi],
+                           accumulate=True)
+        return out
+
+    def columns(self, items: Tensor) -> Tensor:
+        out = self.table.columns(self._padded, items)[: self.rows]
+        if not len(self.fix_items) or not len(items):
+            return out
+        # every column that shows an item with a correction gets it (``items`` may repeat an item)
+        order = torch.argsort(items, stable=True)
+        sorted_items = items[order]
+        lo = torch.searchsorted(sorted_items, self.fix_items)
+        hi = torch.searchsorted(sorted_items, self.fix_items, right=True)
+        count = hi - lo
+        if not bool((count > 0).any()):
+            return out
+        entry = torch.repeat_interleave(torch.arange(len(count), device=self.device), count)
+        offset = torch.arange(len(entry), device=self.device) - torch.repeat_interleave(count.cumsum(0) - count, count)
+        columns = order[lo[entry] + offset]
+        out.index_put_((self.fix_rows[entry], columns), self.fix_values[entry], accumulate=True)
+        return out
+
+
 def item_scores(model: SequentialRecommender, batch: SeqBatch) -> ItemScores:
     """The batch's scores, by blocks of the item table when the model declares ``scores_by_table``,
     else its dense ``score`` (no bound on memory then: the model materialises them itself)."""

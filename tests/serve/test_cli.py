@@ -17,18 +17,40 @@ def write_requests(path, recommender, data, users):
     return histories, now
 
 
-def test_recommend_file_equals_the_recommender_per_batch(tmp_path, checkpoint, recommender, data):
+def test_recommend_file_gives_every_line_its_own_step_whatever_the_batch(tmp_path, checkpoint, recommender, data):
+    """The default scope is request: each line one request, so its output does not depend on the
+    other lines nor on --batch-size."""
+    users = list(range(10))
+    histories, now = write_requests(tmp_path / "in.jsonl", recommender, data, users)
+    assert recommender.scope == "request" and recommender.aligns
+    outputs = []
+    for size in ("4", "1", "10"):
+        out = tmp_path / f"out{size}.jsonl"
+        result = runner.invoke(app, ["recommend", "--checkpoint", str(checkpoint), "--input",
+                                     str(tmp_path / "in.jsonl"), "--output", str(out), "--k", "5", "--batch-size", size])
+        assert result.exit_code == 0, result.output
+        outputs.append([json.loads(line) for line in out.read_text().splitlines()])
+    alone = [recommender.recommend(histories[u:u + 1], now[u:u + 1], k=5)[0] for u in users]
+    assert outputs[0] == outputs[1] == outputs[2] == [{"id": f"u{u}", **r.to_dict()} for u, r in zip(users, alone)]
+
+
+def test_recommend_file_in_batch_scope_equals_the_recommender_per_batch(tmp_path, checkpoint, recommender, data):
+    from t2arec.serve import Recommender
+
     users = list(range(10))
     histories, now = write_requests(tmp_path / "in.jsonl", recommender, data, users)
     out = tmp_path / "out.jsonl"
     result = runner.invoke(app, ["recommend", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "in.jsonl"),
-                                 "--output", str(out), "--k", "5", "--batch-size", "4"])
+                                 "--output", str(out), "--k", "5", "--batch-size", "4", "--align-scope", "batch"])
     assert result.exit_code == 0, result.output
     got = [json.loads(line) for line in out.read_text().splitlines()]
+    batch_scope = Recommender.load(checkpoint, scope="batch")
     expected = []
     for start in range(0, 10, 4):  # one alignment step per batch of 4 lines
-        expected += recommender.recommend(histories[start:start + 4], now[start:start + 4], k=5)
+        expected += batch_scope.recommend(histories[start:start + 4], now[start:start + 4], k=5)
     assert got == [{"id": f"u{u}", **r.to_dict()} for u, r in zip(users, expected)]
+    by_line = recommender.recommend(histories, now, k=5, requests=users)
+    assert got != [{"id": f"u{u}", **r.to_dict()} for u, r in zip(users, by_line)]  # the scopes differ here
 
     result = runner.invoke(app, ["recommend", "--checkpoint", str(checkpoint), "--input", str(tmp_path / "in.jsonl"),
                                  "--k", "3", "--no-align", "--exclude-seen"])
@@ -110,7 +132,8 @@ def test_no_step_chosen_means_no_step_unless_align_forces_it(tmp_path, checkpoin
         assert result.exit_code == 0, result.output
         outputs[flags] = [json.loads(line) for line in result.stdout.splitlines()]
     expected = {flag: [{"id": f"u{u}", **r.to_dict()} for u, r in
-                       zip(users, recommender.recommend(histories, now, k=5, align=flag))] for flag in (True, False)}
+                       zip(users, recommender.recommend(histories, now, k=5, align=flag, requests=users))]
+                for flag in (True, False)}
     assert outputs[()] == outputs[("--no-align",)] == expected[False]  # the checkpoint's choice: no step
     assert outputs[("--align",)] == expected[True] != expected[False]  # forced: the stored step
 
@@ -127,3 +150,19 @@ def test_serve_follows_the_checkpoints_choice_unless_told(monkeypatch, tmp_path,
         assert seen["app"].state.recommender.aligns is aligns, flags
     result = runner.invoke(app, ["serve", "--checkpoint", str(checkpoint), "--no-align"])
     assert result.exit_code == 0 and seen["app"].state.recommender.aligns is False
+
+
+def test_align_scope_flag_of_serve_and_recommend(monkeypatch, tmp_path, checkpoint, recommender, data):
+    import uvicorn
+
+    seen = {}
+    monkeypatch.setattr(uvicorn, "run", lambda application, **kw: seen.update(app=application, **kw))
+    for flags, scope in (((), "request"), (("--align-scope", "batch"), "batch"),
+                         (("--align-scope", "request"), "request")):
+        result = runner.invoke(app, ["serve", "--checkpoint", str(checkpoint), *flags])
+        assert result.exit_code == 0, result.output
+        assert seen["app"].state.recommender.scope == scope, flags
+    write_requests(tmp_path / "in.jsonl", recommender, data, [0])
+    for command in (["serve"], ["recommend", "--input", str(tmp_path / "in.jsonl")]):
+        result = runner.invoke(app, [*command, "--checkpoint", str(checkpoint), "--align-scope", "user"])
+        assert result.exit_code == 2 and "scope must be 'batch' or 'request'" in result.output, result.output

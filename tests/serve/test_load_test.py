@@ -18,11 +18,15 @@ def test_short_load_test_against_the_real_server(tmp_path, checkpoint):
     out = tmp_path / "load.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "load_test.py"), "--checkpoint", str(checkpoint),
                              "--clients", "3", "--duration", "1.5", "--max-requests", "60", "--users-per-request", "2",
-                             "--out", str(out)], capture_output=True, text=True, env=env, timeout=180)
+                             "--probe-every", "3", "--out", str(out)], capture_output=True, text=True, env=env, timeout=180)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     assert report["errors"] == 0 and report["failures"] == []
     assert 0 < report["requests"] <= 60 and report["status_codes"] == {"200": report["requests"]}
     assert report["parameters_equal_checkpoint"] and report["probe_unchanged"]
+    # request scope (the default): the probes sent amid the other clients got their answers alone
+    probes = report["probes_under_load"]
+    assert report["align_scope"] == "request" and report["aligns"]
+    assert probes["sent"] > 0 and probes["same_top_k"] == probes["within_tolerance"] == probes["sent"]
     assert report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
     assert report["rss_mb_before"]["VmRSS"] > 0 and report["rss_mb_after"]["VmRSS"] > 0

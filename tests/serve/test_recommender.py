@@ -3,7 +3,6 @@ import numpy as np
 import pytest
 import torch
 
-from t2arec.align import score_batch
 from t2arec.checkpoint import load_checkpoint
 from t2arec.data.batching import evaluation_examples
 from t2arec.evaluate import evaluate
@@ -16,9 +15,14 @@ def stable_top(scores, k):
     return torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :k]
 
 
+@pytest.mark.parametrize("scope", ["batch", "request"])
 @pytest.mark.parametrize("align", [True, False])
-def test_results_equal_the_evaluators_batch_by_batch(recommender, data, align):
-    """Same test-split inputs, same batches (align.batch_size): identical scores and top-k, bit for bit."""
+def test_results_equal_the_evaluators_batch_by_batch(checkpoint, data, align, scope):
+    """Same test-split inputs, same batches (align.batch_size): identical scores and top-k, bit for bit.
+    In request scope every user is its own request, as in the evaluator."""
+    from t2arec.align import score_batch_scoped
+
+    recommender = Recommender.load(checkpoint, scope=scope)
     examples = evaluation_examples(data, "test", recommender.max_len)
     histories, now = split_histories(recommender, data)
     size = recommender.config.align.batch_size
@@ -28,9 +32,10 @@ def test_results_equal_the_evaluators_batch_by_batch(recommender, data, align):
     k = recommender.num_items  # the full ranking
     ranks = []
     for start in range(0, len(histories), size):
-        recs = recommender.recommend(histories[start:start + size], now[start:start + size], k=k, align=align)
+        part = histories[start:start + size]
+        recs = recommender.recommend(part, now[start:start + size], k=k, align=align, requests=range(len(part)))
         batch = examples.batch(slice(start, start + size))
-        scores, _ = score_batch(recommender.model, batch, cfg)
+        scores, _ = score_batch_scoped(recommender.model, batch, cfg)
         order = stable_top(scores, k)
         for row, rec in enumerate(recs):
             assert rec.items == [recommender.item_ids[i + 1] for i in order[row].tolist()]
@@ -53,7 +58,8 @@ def test_alignment_restores_the_checkpoint_parameters_bit_for_bit(recommender, d
     assert recommender.recommend(histories, now, k=5) == aligned  # deterministic
 
 
-def test_aligned_results_depend_on_the_batch_unaligned_ones_do_not(recommender, data):
+def test_in_batch_scope_aligned_results_depend_on_the_batch_unaligned_ones_do_not(checkpoint, data):
+    recommender = Recommender.load(checkpoint, scope="batch")
     histories, now = split_histories(recommender, data, range(6))
     alone = recommender.recommend(histories[:1], now[:1], align=False)[0]
     together = recommender.recommend(histories, now, align=False)[0]
@@ -62,6 +68,29 @@ def test_aligned_results_depend_on_the_batch_unaligned_ones_do_not(recommender, 
     aligned_alone = recommender.recommend(histories[:1], now[:1])[0]
     aligned_together = recommender.recommend(histories, now)[0]
     assert aligned_alone.scores != aligned_together.scores  # one alignment step per batch
+
+
+def test_in_request_scope_a_request_gets_the_same_answer_alone_and_among_others(recommender, data):
+    """The serving default: every request its own step, so who else is scored at the same time
+    changes nothing (same top-k, same scores bit for bit), with one or two threads."""
+    assert recommender.scope == "request"
+    histories, now = split_histories(recommender, data, range(12))
+    requests = [0, 1, 1, 2, 3, 3, 3, 4, 5, 6, 7, 8]  # single users and bodies of several users
+    previous = torch.get_num_threads()
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            together = recommender.recommend(histories, now, k=10, requests=requests)
+            for label in set(requests):
+                rows = [i for i, r in enumerate(requests) if r == label]
+                alone = recommender.recommend([histories[i] for i in rows], [now[i] for i in rows], k=10)
+                assert alone == [together[i] for i in rows], (threads, label)
+        finally:
+            torch.set_num_threads(previous)
+    merged = recommender.recommend(histories, now, k=10)  # all twelve one request: a shared step
+    assert merged != together
+    plain = recommender.recommend(histories, now, k=10, align=False)
+    assert plain != together
 
 
 def test_inputs_are_the_evaluators_arrays(recommender, data):

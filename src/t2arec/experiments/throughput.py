@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from t2arec.align import AlignConfig, alignment_runs, score_batch
+from t2arec.align import AlignConfig, alignment_runs, score_batch_scoped
 from t2arec.data.batching import evaluation_examples
 from t2arec.evaluate import target_ranks
 from t2arec.experiments.report import markdown_table, new_figure, save_figure
@@ -39,7 +39,7 @@ def iterations_per_second(model: SequentialRecommender, batch: SeqBatch, align: 
     seconds = []
     for i in range(warmup + iterations):
         start = time.perf_counter()
-        scores, _ = score_batch(model, batch, align)
+        scores, _ = score_batch_scoped(model, batch, align)  # align.scope request: every user its own step
         target_ranks(scores, batch.targets)
         if batch.items.is_cuda:
             torch.cuda.synchronize()

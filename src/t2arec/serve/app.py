@@ -22,7 +22,7 @@ from t2arec.serve.recommender import NonFiniteScores, Recommender, RequestError
 
 @dataclass
 class ServeSettings:
-    max_batch_users: int = 64  # users per micro-batch (one alignment step each)
+    max_batch_users: int = 64  # users per micro-batch (one model call)
     max_wait_ms: float = 5.0  # how long the first request of a micro-batch waits for company
     max_users: int = 256  # users per request
     max_history: int = 1000  # interactions per user
@@ -141,8 +141,10 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
         model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [example]})
         users: list[UserHistory] = Field(min_length=1, max_length=settings.max_users)
         k: int = Field(10, ge=1, le=settings.max_k, strict=True)
-        align: StrictBool = Field(True, description="Run test-time alignment on the micro-batch, when the model "
-                                  "aligns (GET /metadata: aligns; false when no step was chosen on validation).")
+        align: StrictBool = Field(True, description="Run test-time alignment, when the model aligns (GET /metadata: "
+                                  "aligns; false when no step was chosen on validation). With align_scope 'request' "
+                                  "(the default) the users of this request take their own step, whatever else the "
+                                  "server is doing; with 'batch' the whole micro-batch shares one.")
         exclude_seen: StrictBool = Field(False, description="Never recommend an item of the history.")
         strict: StrictBool = Field(False, description="Unknown item ids are an error instead of skipped.")
 
@@ -199,8 +201,9 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
 
     @app.post("/recommend", response_model=RecommendResponse, responses=errors)
     async def recommend(body: RecommendRequest) -> dict[str, Any]:
-        """Top-k raw item ids for each user, in request order. Users of requests that arrive together
-        share one micro-batch and its test-time alignment step."""
+        """Top-k raw item ids for each user, in request order. The users of this request take one
+        test-time step of their own (align_scope "request", the default), so the answer depends on
+        this request alone; in "batch" scope they share the step of their micro-batch."""
         users = [recommender.encode_user((u.items, u.timestamps), u.now, i, body.strict)
                  for i, u in enumerate(body.users)]
         tag = body if settings.record_batches else None
@@ -217,10 +220,12 @@ def create_app(recommender: Recommender, settings: ServeSettings | None = None) 
 
     @app.get("/metadata")
     async def metadata() -> dict[str, Any]:
-        """The model, its config, the item vocabulary's size and a sample of it, and the limits."""
+        """The model, its config, the item vocabulary's size and a sample of it, whether and how it
+        aligns (``align_scope``: "request" or "batch"), and the limits."""
         return {"model": recommender.model_name, "config": recommender.config.to_dict(),
                 "num_items": recommender.num_items, "item_id_type": "int" if recommender.integer_ids else "str",
                 "item_sample": recommender.item_ids[1:101], "max_len": recommender.max_len,
-                "time_unit": "seconds", "aligns": recommender.aligns, "limits": dataclasses.asdict(settings)}
+                "time_unit": "seconds", "aligns": recommender.aligns, "align_scope": recommender.scope,
+                "limits": dataclasses.asdict(settings)}
 
     return app

@@ -1,10 +1,16 @@
-"""Micro-batching: requests that arrive together share one model call (and one alignment step).
+"""Micro-batching: requests that arrive together share one model call.
 
 One asyncio task gathers queued requests until ``max_batch_users`` users or ``max_wait_ms`` after
 the first one, then runs the batch in a single dedicated thread, so the model is never used by two
-threads at once. While it computes, new requests queue up for the next batch. Test-time alignment
-changes the parameters only inside ``score_batch``, which restores them before it returns, and the
-next batch starts only after that: adapted parameters never leak from one micro-batch to another.
+threads at once. While it computes, new requests queue up for the next batch.
+
+The model call keeps the request boundaries (each request's users carry its label). In request scope
+(``align.scope = "request"``, the serving default) every request takes its own test-time step from
+the trained parameters, computed for all requests of the call at once, and the model's parameters
+are never modified: a request's answer is the same whoever shares its micro-batch. In batch scope
+one step covers the whole call: it changes the parameters only inside ``score_batch``, which restores
+them before it returns, and the next batch starts only after that, so adapted parameters never leak
+from one micro-batch to another (but a user's result depends on the micro-batch it lands in).
 
 Within a gathered batch, requests are grouped by ``align`` (one model call per group, in arrival
 order); ``k`` and ``exclude_seen`` only act on the scores, so they may differ inside a group. A
@@ -179,7 +185,8 @@ class MicroBatcher:
         users = [u for p in group for u in p.users]
         ks = [p.k for p in group for _ in p.users]
         excludes = [p.exclude_seen for p in group for _ in p.users]
-        flat = self.recommender.recommend_encoded(users, ks, align, excludes)
+        requests = [number for number, p in enumerate(group) for _ in p.users]  # request boundaries
+        flat = self.recommender.recommend_encoded(users, ks, align, excludes, requests)
         out, start = [], 0
         for p in group:
             out.append(flat[start:start + len(p.users)])

@@ -54,9 +54,11 @@ def read_requests(recommender: Recommender, path: str | Path,
 def recommend_file(recommender: Recommender, path: str | Path, output: str | Path | None, k: int = 10,
                    align: bool = True, exclude_seen: bool = False, strict: bool = False,
                    batch_size: int | None = None) -> list[str]:
-    """Recommend for every line of ``path`` in batches of ``batch_size`` users (one alignment step
-    each; default the checkpoint's ``align.batch_size``, as in evaluation). Writes ``output``
-    atomically when given and returns the output lines."""
+    """Recommend for every line of ``path`` in batches of ``batch_size`` users (default the
+    checkpoint's ``align.batch_size``, as in evaluation). Each line is one request: in request scope
+    (the recommender's ``scope``) every line takes its own alignment step, so its output does not
+    depend on the other lines or on ``batch_size``; in batch scope one step covers each batch.
+    Writes ``output`` atomically when given and returns the output lines."""
     batch_size = batch_size or recommender.config.align.batch_size
     if batch_size < 1 or k < 1:
         raise ValueError("--batch-size and --k must be >= 1")
@@ -64,7 +66,8 @@ def recommend_file(recommender: Recommender, path: str | Path, output: str | Pat
     lines = []
     for start in range(0, len(users), batch_size):
         chunk = users[start:start + batch_size]
-        for extra, rec in zip(extras[start:start + batch_size], recommender.recommend_encoded(chunk, k, align, exclude_seen)):
+        recs = recommender.recommend_encoded(chunk, k, align, exclude_seen, requests=range(len(chunk)))
+        for extra, rec in zip(extras[start:start + batch_size], recs):
             lines.append(json.dumps({**extra, **rec.to_dict()}))
     if output is not None:
         text = "".join(line + "\n" for line in lines).encode("utf-8")

@@ -3,11 +3,14 @@
 ``Recommender.recommend`` builds exactly the arrays the offline evaluator builds
 (``data.batching.prediction_inputs``: the last ``max_len`` interactions, float64 gaps inside the
 window cast to float32, 0 for the window's first interaction, ``now`` minus the last timestamp,
-left padding) and scores them with ``align.score_batch``, so one test-time alignment step runs over
-the whole batch, with the step size stored in the checkpoint, and the parameters are restored bit
-for bit afterwards. For the same inputs in the same batch its scores equal the evaluator's. When no
-step was chosen on validation, the checkpoint's ``align.enabled`` is false and no step runs unless
-``Recommender.load(..., align=True)`` forces it.
+left padding) and scores them as the evaluator does (``align.use_scores_scoped``), with the step size
+stored in the checkpoint. ``config.align.scope`` says what a step covers: "request" (the default of
+``Recommender.load``, of ``t2arec serve`` and of ``t2arec recommend``) gives every request its own
+step from the trained parameters, so a request's answer depends on that request alone; "batch" takes
+one step over everything scored together, as the paper's evaluation does, and restores the parameters
+bit for bit afterwards. For the same inputs grouped the same way its scores equal the evaluator's.
+When no step was chosen on validation, the checkpoint's ``align.enabled`` is false and no step runs
+unless ``Recommender.load(..., align=True)`` forces it.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ import numpy as np
 import torch
 
 from t2arec import scoring
-from t2arec.align import alignment_runs, score_batch, use_scores
+from t2arec.align import SCOPES, alignment_runs, score_batch_scoped, use_scores_scoped
 from t2arec.config import RunConfig
 from t2arec.data.batching import prediction_inputs
 from t2arec.data.types import RawId
@@ -150,14 +153,21 @@ class Recommender:
         self.model.eval()
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str = "cpu", align: bool | None = None) -> "Recommender":
+    def load(cls, checkpoint: str | Path, device: str = "cpu", align: bool | None = None,
+             scope: str | None = "request") -> "Recommender":
         """``align``: None follows the checkpoint (no step when none was chosen on validation); True
-        forces its stored step ``align.lr``; False never aligns."""
+        forces its stored step ``align.lr``; False never aligns. ``scope``: "request" (every request
+        its own step: answers that depend on the request alone), "batch" (one step over everything
+        scored together, as in evaluation) or None (the checkpoint's ``align.scope``)."""
         from t2arec.pipeline import load_model, resolve_device
 
         model, cfg, payload = load_model(checkpoint, device)
         if align is not None:
             cfg.align.enabled = align
+        if scope is not None:
+            if scope not in SCOPES:
+                raise ValueError(f"align scope must be 'batch' or 'request', not {scope!r}")
+            cfg.align.scope = scope
         return cls(model, cfg, list(payload["item_ids"]), resolve_device(device))
 
     @property
@@ -171,6 +181,11 @@ class Recommender:
     @property
     def model_name(self) -> str:
         return self.config.model_name
+
+    @property
+    def scope(self) -> str:
+        """What one test-time step covers: "request" or "batch" (``config.align.scope``)."""
+        return self.config.align.scope
 
     @property
     def aligns(self) -> bool:
@@ -255,17 +270,36 @@ class Recommender:
         return SeqBatch(torch.from_numpy(items), torch.from_numpy(gaps), torch.from_numpy(next_gap),
                         torch.zeros(len(users), dtype=torch.int64)).to(self.device)
 
-    def scores(self, users: Sequence[EncodedUser], align: bool = True) -> torch.Tensor:
-        """(B, num_items) scores of items 1..num_items, after one alignment over the batch if ``align``.
+    def scores(self, users: Sequence[EncodedUser], align: bool = True,
+               requests: Sequence[int] | None = None) -> torch.Tensor:
+        """(B, num_items) scores of items 1..num_items, after test-time alignment if ``align``
+        (``requests`` as in ``recommend_encoded``).
 
         The whole matrix at once: ``recommend`` does not use this, it keeps a running top-k over blocks.
         """
-        scores, _ = score_batch(self.model, self.batch(users), self.config.align if align else None)
+        scores, _ = score_batch_scoped(self.model, self.batch(users), self.config.align if align else None,
+                                       self._requests(users, requests))
         return scores
 
+    @staticmethod
+    def _requests(users: Sequence[EncodedUser], requests: Sequence[int] | None) -> Sequence[int]:
+        """One request label per user; None: all of them one request."""
+        if requests is None:
+            return [0] * len(users)
+        if len(requests) != len(users):
+            raise ValueError("requests needs one label per user")
+        return requests
+
     def recommend_encoded(self, users: Sequence[EncodedUser], k: int | Sequence[int] = 10, align: bool = True,
-                          exclude_seen: bool | Sequence[bool] = False) -> list[Recommendation]:
-        """One model call for all ``users``; ``k`` and ``exclude_seen`` may differ per user."""
+                          exclude_seen: bool | Sequence[bool] = False,
+                          requests: Sequence[int] | None = None) -> list[Recommendation]:
+        """One model call for all ``users``; ``k`` and ``exclude_seen`` may differ per user.
+
+        ``requests`` labels each user's request (users with the same label are one request); None
+        makes all ``users`` one request. In request scope every request takes its own step, so a
+        user's result depends only on the users of its own request; in batch scope ``requests`` is
+        ignored and one step covers all ``users``.
+        """
         ks = [int(v) for v in ([k] * len(users) if isinstance(k, numbers.Integral) else k)]
         excludes = [exclude_seen] * len(users) if isinstance(exclude_seen, (bool, np.bool_)) else list(exclude_seen)
         if len(ks) != len(users) or len(excludes) != len(users):
@@ -273,23 +307,26 @@ class Recommender:
         if any(v < 1 for v in ks):
             raise ValueError(f"k must be >= 1, got {min(ks)}")
         exclude = [np.unique(u.items) if ex else None for u, ex in zip(users, excludes)]
-        # ranked a block of items at a time inside the batch's alignment: memory is bounded for any
-        # catalogue, and a NaN or infinite score in any block raises NonFiniteScores
-        top, _ = use_scores(self.model, self.batch(users), self.config.align if align else None,
-                            lambda scores: scoring.top_k(scores, ks, exclude, self.chunk, require_finite=True))
+        # ranked a block of items at a time after the alignment: memory is bounded for any catalogue,
+        # and a NaN or infinite score in any block raises NonFiniteScores
+        top, _ = use_scores_scoped(self.model, self.batch(users), self.config.align if align else None,
+                                   lambda scores: scoring.top_k(scores, ks, exclude, self.chunk, require_finite=True),
+                                   self._requests(users, requests))
         return [Recommendation([self.item_ids[i] for i in idx], vals, user.skipped)
                 for (idx, vals), user in zip(top, users)]
 
     def recommend(self, histories: Sequence[History | Sequence[Any]], now: Sequence[float],
                   k: int | Sequence[int] = 10, align: bool = True, exclude_seen: bool | Sequence[bool] = False,
-                  strict: bool = False) -> list[Recommendation]:
+                  strict: bool = False, requests: Sequence[int] | None = None) -> list[Recommendation]:
         """Top-``k`` raw item ids with scores for each history, predicting the interaction at ``now``.
 
         A history is ``History(items, timestamps)`` or an ``(items, timestamps)`` pair, oldest first,
-        timestamps in Unix seconds. All histories form one batch, and with ``align`` one test-time
-        alignment step runs over that batch, so a user's result depends on the batch it is in.
+        timestamps in Unix seconds. All histories are scored together. With ``align``, the call is one
+        request (like one HTTP body): one test-time step on its histories' loss, in either scope, so a
+        call's answer depends on its histories alone; ``requests`` (a label per history) splits it into
+        several requests, each with its own step in request scope (batch scope ignores the labels).
         Unknown item ids are left out (with their timestamps) and counted in ``skipped``; with
         ``strict`` they are an error. ``exclude_seen`` never recommends an item of the history.
         ``k`` and ``exclude_seen`` may also be given per user (they do not change the scores).
         """
-        return self.recommend_encoded(self.encode(histories, now, strict), k, align, exclude_seen)
+        return self.recommend_encoded(self.encode(histories, now, strict), k, align, exclude_seen, requests)
