@@ -22,17 +22,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from t2arec.align import score_batch
-from t2arec.data.batching import evaluation_examples
-from t2arec.evaluate import target_ranks
-from t2arec.experiments.throughput import full_batch
-from t2arec.runtime import flush_denormals, keep_freed_memory
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import make_model, median_seconds, ml1m_like  # noqa: E402  benchmarks/bench.py, beside this script
 
-from bench import make_model, median_seconds, ml1m_like  # benchmarks/bench.py, beside this script
+from t2arec.align import score_batch  # noqa: E402
+from t2arec.data.batching import evaluation_examples  # noqa: E402
+from t2arec.evaluate import target_ranks  # noqa: E402
+from t2arec.experiments.throughput import full_batch  # noqa: E402
+from t2arec.runtime import flush_denormals, keep_freed_memory  # noqa: E402
 
 
 def median_ms(job: Callable[[], Any], repeats: int) -> float:
