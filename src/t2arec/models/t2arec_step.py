@@ -1,37 +1,42 @@
 """The gradient of T2ARec's test-time loss mu1 L_time + mu2 L_state, written out (issue 12).
 
 Test-time alignment (Algorithm 1) needs the gradient of ``T2ARec.alignment_loss`` with respect to
-every parameter. Autograd over that loss works (it is the reference, ``model.fast_step=false``) but
-costs about 7 encodes of the batch: its per-token tensors are visited many times, L_state's
-(B, d_s, d) states go through a dozen whole-batch passes, and L_time gathers and scatters its pairs.
-Here the same gradient is computed in about the work of an encode forward plus one backward:
+every parameter. Autograd over that loss is the reference (``model.fast_step=false``) and cost about
+7 encodes of the batch (docs/performance.md): the per-token final state is run forward twice and
+backward once through a cache-chunked kernel, L_state's (B, d_s, d) states go through a dozen
+whole-batch passes, and L_time gathers and scatters its 6 million pairs. Here the same gradient
+costs about 2.2 encodes:
 
+0. **Order.** Sequences are sorted by length, so that a chunk of them starts at its longest
+   sequence's first real position: left padding adds exactly nothing to h_n or to the losses.
 1. **Rows.** Every token's pre-convolution inputs [x~, B~] and dt are rows of a table (the per-item
-   table ``in_proj(LayerNorm(E))``, or, when the catalogue is larger than the batch, one row per
-   token), built with autograd so that its gradient can be pushed back to E, the norm and W_in at
-   the end in one small backward over the rows.
-2. **Token forward**, in cache-sized chunks of sequences, no autograd: gather, depthwise
-   convolution, SiLU, and h_n = sum_i s_i B_i outer x_i with s_i = Delta_i exp(A sum_{j>i} Delta_j).
-   The convolution's input (B, L, d + d_s) is kept for the backward instead of recomputing it.
-3. **The blocks of L_time that do not hold step n+1** are data and Delta only: their value and
-   their gradient with respect to every Delta_i are computed directly, a chunk of sequences at a time.
-4. **The per-sequence part** (autograd, on (B, d)-sized tensors): y_n, the norm, the FFN, the re-fed
-   step n+1, the last block of L_time and L_state. L_state is factored: its residual is
-   ``alpha h_n - u1 v1^T - u2 v2^T`` with ``alpha = 1 - Pbar exp(Delta_{n+1} A)``, ``u1 = Delta_{n+1}
-   Pbar B_{n+1}``, ``v1 = x_{n+1}``, ``u2 = Delta_{n+1} q``, ``v2 = x_n``, so its squared norm needs
-   of h_n only ||h_n||^2 (from step 2) and h_n [v1 v2] (one pass). h_n enters the graph only
-   through ||h_n||^2, C_n^T h_n and h_n [v1 v2]; autograd returns the gradients of those three, and
-   the gradient of h_n is ``2 g_hh h_n + C_n g_hc^T + g_hv [v1 v2]^T``, formed a chunk at a time.
-5. **Token backward**, chunked, no autograd: from the gradient of h_n to the gradient of every
-   token's [x, B] and Delta, through SiLU to the convolution's output; the convolution and the
-   gather are linear in the rows, so the gradients of the rows, the taps and the bias all follow
-   from k scatter-adds of that output gradient per tap (``G_tap[r] = sum of the gradient at the
-   tokens whose window reads row r at tap``).
-6. The rows' gradient goes back through the table's own (small) graph.
+   table ``in_proj(LayerNorm(E))``, or one row per token when the forward uses no table), built with
+   autograd so that its gradient goes back to E, the norm and W_in at the end in one small backward.
+2. **Token forward**, in cache-sized chunks of sequences, no autograd: the convolution as one
+   ``embedding_bag`` over per-tap scaled copies of the rows, SiLU, and
+   h_n = sum_i s_i B_i outer x_i with s_i = Delta_i exp(A sum_{j>i} Delta_j). Nothing per token is
+   kept: the backward recomputes a chunk in cache, cheaper than storing (B, L, d + d_s) in memory.
+3. **The blocks of L_time without step n+1** depend on the data and Delta alone: their value and
+   their gradient for every Delta_i are computed directly, the pairs of a block laid out by fixed
+   matrices (``_BlockPairs``: half of the b x b square, no gathers).
+4. **The per-sequence part** (autograd, on tensors of one row per sequence): y_n, the norm, the
+   FFN, the re-fed step n+1, the last block of L_time and L_state. L_state is factored: its residual
+   is ``alpha h_n - u1 v1^T - u2 v2^T`` with ``alpha = 1 - Pbar exp(Delta_{n+1} A)``,
+   ``u1 = Delta_{n+1} Pbar B_{n+1}``, ``v1 = x_{n+1}``, ``u2 = Delta_{n+1} q``, ``v2 = x_n``, so its
+   squared norm reads h_n only through ||h_n||^2 (from step 2) and h_n [v1 v2] (one pass). h_n enters
+   the graph only there and in C_n^T h_n; autograd returns the gradients of those three, and the
+   gradient of h_n, ``2 g_hh h_n + g_hv [v1 v2]^T + C_n g_hc^T``, is formed a chunk at a time.
+5. **Token backward**, the chunks of step 2, no autograd: from the gradient of h_n to those of every
+   token's x, B and s_i, through SiLU to the convolution's output. The convolution is linear in the
+   rows, so the gradients of the rows, the taps and the bias all follow from k scatter-adds of that
+   output gradient, one per tap (``G_tap[r]``: the sum over the tokens whose window reads row r at
+   that tap). Delta's gradient (through s_i and the decays) goes to the rows' dt column.
+6. The rows' gradient goes back through the table's own graph.
 
-Sums are taken in a different order than autograd's, so the gradients equal the reference's to
-float rounding (tests: float64 to 1e-10, float32 to 1e-5; ``benchmarks/fast_paths_equal.py``).
-Training never comes here: it keeps ``loss_terms`` and autograd, bit for bit.
+Sums are taken in another order than autograd's, so the gradients equal the reference's to float
+rounding (tests/models/test_t2arec_step.py: float64 to 1e-10; ``benchmarks/fast_paths_equal.py
+--compare step``: equal ranks on trained checkpoints). Training never comes here: it keeps
+``loss_terms`` and autograd, bit for bit.
 """
 from __future__ import annotations
 
@@ -107,7 +112,7 @@ class _Convolution:
 
 
 @dataclass
-class TokenForward:
+class _TokenForward:
     """What the token forward (step 2) leaves for the rest (B batch, L length, H heads of P channels).
 
     h: (B, H, d_s, P), h_n; h_sq: (B, H), ||h_n||^2 per head; conv: the convolution, which the
@@ -317,7 +322,7 @@ def _time_inner(delta: Tensor, data: _TimeData, block: int, lengths: Tensor) -> 
 
 
 def _tokens_forward(rows_xb: Tensor, padded_index: Tensor, mixer: torch.nn.Module, share: Tensor,
-                    lengths: Tensor) -> TokenForward:
+                    lengths: Tensor) -> _TokenForward:
     """h_n of every sequence (step 2), a chunk of sequences at a time, from the first real position
     of the chunk's longest sequence on.
 
@@ -334,7 +339,7 @@ def _tokens_forward(rows_xb: Tensor, padded_index: Tensor, mixer: torch.nn.Modul
         state = _state(x, b, share[chunk, length - real:], heads).view(-1, ds, heads, p).transpose(1, 2)
         h[chunk] = state
         h_sq[chunk] = state.pow(2).sum((-2, -1))  # while the chunk's state is in cache
-    return TokenForward(h=h, h_sq=h_sq, conv=conv)
+    return _TokenForward(h=h, h_sq=h_sq, conv=conv)
 
 
 def _state(x: Tensor, b: Tensor, share: Tensor, heads: int) -> Tensor:
@@ -365,7 +370,7 @@ class _SequencePart:
     right: Tensor
 
 
-def _sequence_part(model: "T2ARec", items: Tensor, table: Tensor, padded_index: Tensor, tokens: TokenForward,
+def _sequence_part(model: "T2ARec", items: Tensor, table: Tensor, padded_index: Tensor, tokens: _TokenForward,
                    delta: Tensor, time_data: _TimeData, inner_sum: Tensor, mu_time: float,
                    mu_state: float) -> _SequencePart:
     """Everything after h_n, with autograd on tensors of one row per sequence (step 4).
@@ -454,7 +459,7 @@ def _sequence_part(model: "T2ARec", items: Tensor, table: Tensor, padded_index: 
                          last_delta_grad=grad_last, h_sq_grad=grad_h_sq, left=left, right=right)
 
 
-def _tokens_backward(tokens: TokenForward, padded_index: Tensor, num_rows: int, share: Tensor,
+def _tokens_backward(tokens: _TokenForward, padded_index: Tensor, num_rows: int, share: Tensor,
                      seq: _SequencePart, lengths: Tensor) -> tuple[Tensor, Tensor]:
     """From the gradient of h_n back to the convolution's output and the shares (step 5), over the
     same chunks as ``_tokens_forward``.
