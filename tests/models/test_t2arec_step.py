@@ -9,6 +9,12 @@ from t2arec.models.base import SeqBatch
 from t2arec.models.t2arec import T2ARec, T2ARecConfig
 
 
+@pytest.fixture(autouse=True)
+def written_out_at_any_size(monkeypatch):
+    """The written-out step on these small batches (the model leaves batches below MIN_TOKENS to autograd)."""
+    monkeypatch.setattr("t2arec.models.t2arec_step.MIN_TOKENS", 0)
+
+
 def trained_like(dtype=torch.float64, num_items=30, **overrides) -> T2ARec:
     """A small model whose parameters are all moved off their initial values (P = 0, D = 1, zero
     biases would hide terms of the gradient)."""
@@ -173,7 +179,7 @@ class NoHook(T2ARec):
         raise AssertionError("alignment_gradients called on a model that does not offer it")
 
 
-def test_models_without_the_hook_and_cases_the_hook_declines_use_autograd():
+def test_models_without_the_hook_and_cases_the_hook_declines_use_autograd(monkeypatch):
     batch = random_batch(dtype=torch.float32)
     cfg = AlignConfig(lr=2.0, mu_time=1.0, mu_state=1.0)
     base = trained_like(dtype=torch.float32)
@@ -188,6 +194,9 @@ def test_models_without_the_hook_and_cases_the_hook_declines_use_autograd():
     assert score_batch(two_layers, batch, cfg)[1].param_shift > 0
     training = trained_like(dtype=torch.float32).train()  # dropout on: not the test-time setting
     assert training.alignment_gradients(batch, 1.0, 1.0, list(training.parameters())) is None
+    monkeypatch.setattr("t2arec.models.t2arec_step.MIN_TOKENS", batch.items.numel() + 1)  # a batch too small
+    assert base.alignment_gradients(batch, 1.0, 1.0, list(base.parameters())) is None
+    assert torch.equal(score_batch(base, batch, cfg)[0], expected)
 
 
 def _reference(model: T2ARec) -> T2ARec:

@@ -29,6 +29,8 @@ from t2arec.models.layers import FeedForward
 from t2arec.models.losses import full_cross_entropy
 from t2arec.models.ssd import final_state, scan_chunked, scan_sequential
 from t2arec.models.ssd_kernels import kernel_available, scan_kernel
+from t2arec.models import t2arec_step
+from t2arec.models.t2arec_step import alignment_step
 
 
 @dataclass
@@ -496,20 +498,19 @@ class T2ARec(SequentialRecommender):
         time, state = self.self_supervised_losses(batch, o_last, trace)
         return mu_time * time + mu_state * state
 
-    def fast_step_applies(self) -> bool:
+    def fast_step_applies(self, batch: SeqBatch) -> bool:
         """Whether ``alignment_gradients`` computes the step by hand: switched on, in eval mode
-        (no dropout: the test-time setting) and with one layer (a second layer would need the first
-        layer's output at every position, which the written-out step never forms)."""
+        (no dropout: the test-time setting), with one layer (a second layer would need the first
+        layer's output at every position, which the written-out step never forms) and a batch of at
+        least ``t2arec_step.MIN_TOKENS`` positions (below that its fixed costs make it slower)."""
         return (self.cfg.fast_step and not self.training and len(self.layers) == 1
-                and not self.cfg.sequential_scan)
+                and not self.cfg.sequential_scan and batch.items.numel() >= t2arec_step.MIN_TOKENS)
 
     def alignment_gradients(self, batch: SeqBatch, mu_time: float, mu_state: float,
                             params: list[Tensor]) -> tuple[Tensor, list[Tensor]] | None:
         """The loss ``alignment_loss`` and its gradients for ``params``, written out
-        (``t2arec_step.alignment_step``: about an encode's forward and one backward instead of
-        autograd's seven), or None when ``fast_step_applies`` is False (the caller uses autograd)."""
-        if not self.fast_step_applies():
+        (``t2arec_step.alignment_step``: about 2 encodes of the batch, autograd's step 6-7), or None
+        when ``fast_step_applies`` is False (the caller uses autograd)."""
+        if not self.fast_step_applies(batch):
             return None
-        from t2arec.models.t2arec_step import alignment_step  # it imports this module's types
-
         return alignment_step(self, batch, mu_time, mu_state, params)

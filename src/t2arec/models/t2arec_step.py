@@ -41,6 +41,7 @@ rounding (tests/models/test_t2arec_step.py: float64 to 1e-10; ``benchmarks/fast_
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator
@@ -56,6 +57,10 @@ from t2arec.models.ssd import decay_to_end
 if TYPE_CHECKING:
     from t2arec.models.t2arec import T2ARec
 
+# below this many positions in the batch (sequences x length) autograd's step is as fast or faster
+# (measured on the ML-100K and ML-1M checkpoints, one thread: the crossover lies between 16 and 32
+# sequences of 200 positions and between 32 and 64 of 50), so T2ARec.fast_step_applies leaves it
+MIN_TOKENS = 4096
 # tokens per chunk of the token passes (steps 2 and 5): twice last_state.CACHE_TOKENS measured faster
 # here (the chunk's (n, L, d + d_s) tensors of about 5 MB stay in the 32 MB L3; fewer, larger ops)
 CACHE_TOKENS = 12_800
@@ -256,6 +261,20 @@ class _TimeData:
         return cls(t, valid, float(max(pairs, 1)), model.cfg.time_scale)
 
 
+@functools.lru_cache(maxsize=16)
+def _pair_matrices(block: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """``_BlockPairs``' (diff, both, back) for blocks of ``block`` positions, built once per block size."""
+    offsets = block // 2
+    column = torch.arange(offsets * block, device=device)
+    delta, i = column // block + 1, column % block
+    column, delta, i = (v[(2 * delta < block) | (i < block - delta)] for v in (column, delta, i))  # b/2: i < b/2
+    first = torch.zeros(block, offsets * block, dtype=dtype, device=device)
+    partner = torch.zeros_like(first)
+    first[i, column] = 1.0
+    partner[(i + delta) % block, column] = 1.0
+    return first - partner, first + partner, (partner - first).T
+
+
 class _BlockPairs:
     """Fixed matrices that lay out the pairs of a block of b positions as b/2 rows of b entries.
 
@@ -268,14 +287,7 @@ class _BlockPairs:
     """
 
     def __init__(self, block: int, dtype: torch.dtype, device: torch.device) -> None:
-        offsets = block // 2
-        first = torch.zeros(block, offsets * block, dtype=dtype, device=device)
-        partner = torch.zeros_like(first)
-        for delta in range(1, offsets + 1):
-            for i in range(block if 2 * delta < block else block - delta):  # delta = b/2: i < b/2 only
-                first[i, (delta - 1) * block + i] = 1.0
-                partner[(i + delta) % block, (delta - 1) * block + i] = 1.0
-        self.diff, self.both, self.back = first - partner, first + partner, (partner - first).T
+        self.diff, self.both, self.back = _pair_matrices(block, dtype, device)
 
     def hinges(self, d: Tensor, t: Tensor, valid: Tensor, scale: float) -> tuple[Tensor, Tensor, Tensor]:
         """d (..., b), t and valid broadcastable to it -> z = 1 - (d_i - d_k) ts_ik per pair (the hinge is
