@@ -201,6 +201,8 @@ def main() -> None:
     parser.add_argument("--slow", action="store_true", help="T2ARec without its inference shortcuts (before/after)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--tta-only", action="store_true",
+                        help="only T2ARec's test iterations with and without alignment (tta_it_s, no_tta_it_s)")
     parser.add_argument("--only-scope", action="store_true",
                         help="only the figures of both alignment scopes (tta_it_s, tta_request_it_s, served_ms)")
     parser.add_argument("--latency-users", type=int, default=200, help="single-user requests timed for served_ms")
@@ -216,8 +218,13 @@ def main() -> None:
 
     big = ml1m_like()
     figures["ml1m_like"] = {"users": big.num_users, "items": big.num_items, "interactions": big.report.interactions}
-    if args.only_scope:
-        figures |= scope_figures(big, args.batch_size, args.repeats, args.latency_users)
+    if args.tta_only or args.only_scope:
+        if args.tta_only:
+            for key in ("tta_it_s", "no_tta_it_s"):
+                figures[key] = test_it_s("t2arec", big, 200, args.batch_size, args.repeats, key == "tta_it_s", slow)
+            figures["tta_over_no_tta"] = figures["tta_it_s"] / figures["no_tta_it_s"]
+        if args.only_scope:
+            figures |= scope_figures(big, args.batch_size, args.repeats, args.latency_users)
         text = json.dumps(figures, indent=2)
         print(text)
         if args.out:

@@ -77,6 +77,19 @@ def _step(params: list[Tensor], grads: list[Tensor], cfg: AlignConfig, moments: 
         p.sub_(cfg.lr * (m / (1 - beta1**t)) / ((v / (1 - beta2**t)).sqrt() + eps))
 
 
+def _loss_and_gradients(model: SequentialRecommender, batch: SeqBatch, cfg: AlignConfig,
+                        params: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """The alignment loss and its gradient for each of ``params``: the model's own when it offers
+    them (``has_alignment_gradients``, e.g. T2ARec's written-out step), else autograd's."""
+    with torch.enable_grad():
+        if model.has_alignment_gradients:
+            own = model.alignment_gradients(batch, cfg.mu_time, cfg.mu_state, params)
+            if own is not None:
+                return own
+        loss = model.alignment_loss(batch, cfg.mu_time, cfg.mu_state)
+        return loss, list(torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True))
+
+
 @contextlib.contextmanager
 def aligned(model: SequentialRecommender, batch: SeqBatch, cfg: AlignConfig) -> Iterator[AlignStats]:
     """Inside the ``with`` block the model is adapted to ``batch``; on exit it is restored exactly.
@@ -89,9 +102,7 @@ def aligned(model: SequentialRecommender, batch: SeqBatch, cfg: AlignConfig) -> 
     try:
         moments: list[tuple[Tensor, Tensor]] = []
         for t in range(1, cfg.steps + 1):
-            with torch.enable_grad():
-                loss = model.alignment_loss(batch, cfg.mu_time, cfg.mu_state)
-                grads = torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True)
+            loss, grads = _loss_and_gradients(model, batch, cfg, params)
             if t == 1:
                 stats.loss_before = float(loss.detach())
             with torch.no_grad():

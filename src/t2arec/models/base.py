@@ -109,12 +109,15 @@ class SequentialRecommender(nn.Module):
     Capabilities are declared, not inferred from names:
     ``uses_time``: the model reads ``gaps``/``next_gap``;
     ``has_alignment_loss``: ``alignment_loss`` is defined (test-time alignment can run on it);
+    ``has_alignment_gradients``: ``alignment_gradients`` may return that loss's gradients computed
+    without autograd (it returns None when it cannot, and the caller differentiates the loss);
     ``scores_by_table``: ``query`` and ``item_table`` are defined and score = table.scores(query), so
     the items can be scored a block at a time (catalogues of millions, ``t2arec.scoring``).
     """
 
     uses_time: bool = False
     has_alignment_loss: bool = False
+    has_alignment_gradients: bool = False
     scores_by_table: bool = False
 
     def loss_terms(self, batch: SeqBatch) -> dict[str, LossTerm]:
@@ -142,6 +145,12 @@ class SequentialRecommender(nn.Module):
     def alignment_loss(self, batch: SeqBatch, mu_time: float, mu_state: float) -> Tensor:
         """Label-free loss for test-time alignment (only when ``has_alignment_loss``)."""
         raise NotImplementedError(f"{type(self).__name__} has no self-supervised alignment loss")
+
+    def alignment_gradients(self, batch: SeqBatch, mu_time: float, mu_state: float,
+                            params: list[Tensor]) -> tuple[Tensor, list[Tensor]] | None:
+        """(``alignment_loss``, its gradient for each of ``params``) computed by the model itself,
+        or None to let the caller use autograd (only when ``has_alignment_gradients``)."""
+        return None
 
 
 def init_normal_(model: nn.Module, std: float = 0.02) -> None:

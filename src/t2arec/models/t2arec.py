@@ -29,6 +29,8 @@ from t2arec.models.layers import FeedForward
 from t2arec.models.losses import full_cross_entropy
 from t2arec.models.ssd import final_state, scan_chunked, scan_sequential
 from t2arec.models.ssd_kernels import kernel_available, scan_kernel
+from t2arec.models import t2arec_step
+from t2arec.models.t2arec_step import alignment_step
 
 
 @dataclass
@@ -66,6 +68,9 @@ class T2ARecConfig:
     fast_inference: bool = True  # prediction and alignment compute the last position only
     use_item_table: bool = True  # in eval mode, project each item once instead of each token
     use_kernels: bool = True  # on CUDA with mamba_ssm installed, its fused scan (ssd_kernels.py)
+    # the test-time step's gradient written out (t2arec_step.py, issue 12); False: autograd over
+    # alignment_loss, the reference it is tested against. Training never uses it.
+    fast_step: bool = True
 
     def __post_init__(self) -> None:
         if self.time_transform not in ("log1p", "identity"):
@@ -299,6 +304,7 @@ class T2ARecLayer(nn.Module):
 class T2ARec(SequentialRecommender):
     uses_time = True
     has_alignment_loss = True
+    has_alignment_gradients = True
     scores_by_table = True
 
     def __init__(self, cfg: T2ARecConfig, mu_time: float = 0.1, mu_state: float = 1.0) -> None:
@@ -491,3 +497,20 @@ class T2ARec(SequentialRecommender):
         o_last, trace = self.encode_for_prediction(batch.items)
         time, state = self.self_supervised_losses(batch, o_last, trace)
         return mu_time * time + mu_state * state
+
+    def fast_step_applies(self, batch: SeqBatch) -> bool:
+        """Whether ``alignment_gradients`` computes the step by hand: switched on, in eval mode
+        (no dropout: the test-time setting), with one layer (a second layer would need the first
+        layer's output at every position, which the written-out step never forms) and a batch of at
+        least ``t2arec_step.MIN_TOKENS`` positions (below that its fixed costs make it slower)."""
+        return (self.cfg.fast_step and not self.training and len(self.layers) == 1
+                and not self.cfg.sequential_scan and batch.items.numel() >= t2arec_step.MIN_TOKENS)
+
+    def alignment_gradients(self, batch: SeqBatch, mu_time: float, mu_state: float,
+                            params: list[Tensor]) -> tuple[Tensor, list[Tensor]] | None:
+        """The loss ``alignment_loss`` and its gradients for ``params``, written out
+        (``t2arec_step.alignment_step``: about 2 encodes of the batch, autograd's step 6-7), or None
+        when ``fast_step_applies`` is False (the caller uses autograd)."""
+        if not self.fast_step_applies(batch):
+            return None
+        return alignment_step(self, batch, mu_time, mu_state, params)
