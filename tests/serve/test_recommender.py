@@ -4,10 +4,13 @@ import pytest
 import torch
 
 from t2arec.checkpoint import load_checkpoint
+from t2arec.config import RunConfig, apply_overrides
 from t2arec.data.batching import evaluation_examples
 from t2arec.evaluate import evaluate
+from t2arec.pipeline import run
 from t2arec.serve import History, Recommender, RequestError
 from t2arec.serve.recommender import state_digest, top_k
+from tests.serve.conftest import TINY
 from tests.serve.helpers import split_histories
 
 
@@ -240,3 +243,16 @@ def test_request_level_errors(recommender):
     with pytest.raises(ValueError, match="k must be >= 1"):
         recommender.recommend([History([1], [0.0])], [1.0], k=0)
     assert recommender.recommend([([1, 2], [0.0, 1.0])], [2.0], align=False)[0].items  # a plain pair works too
+
+
+def test_a_checkpoint_request_scope_cannot_align_is_refused_at_load(tmp_path):
+    """Two stacked T2ARec layers have no per-request step: loading for serving (request scope by
+    default) fails at once with the way out, instead of on the first aligned request."""
+    cfg = RunConfig()
+    apply_overrides(cfg, [*TINY, "model.num_layers=2"])
+    run(cfg, tmp_path, progress=False)
+    with pytest.raises(ValueError, match=r"not 2; use align.scope=batch \(--align-scope batch\), or serve it "
+                                         r"without alignment \(--no-align\)"):
+        Recommender.load(tmp_path / "checkpoint")
+    assert Recommender.load(tmp_path / "checkpoint", scope="batch").scope == "batch"
+    assert Recommender.load(tmp_path / "checkpoint", align=False).scope == "request"

@@ -150,9 +150,8 @@ class T2ARecRequests:
                  mu_time: float, mu_state: float) -> None:
         if model.training:
             raise ValueError("per-request alignment runs in eval mode (no dropout), as test-time alignment does")
-        if len(model.layers) != 1:
-            raise ValueError(f"per-request alignment (align.scope=request) is implemented for one T2ARec layer "
-                             f"(the spec's model), not {len(model.layers)}; use align.scope=batch")
+        if (reason := request_scope_unsupported(model)) is not None:
+            raise ValueError(reason)
         self.model, self.batch, self.mu_time, self.mu_state = model, batch, mu_time, mu_state
         self.request_of_row, self.num_requests = request_of_row, num_requests
         rows = len(request_of_row)
@@ -362,3 +361,17 @@ ADAPTERS: dict[type, Callable[..., T2ARecRequests]] = {T2ARec: T2ARecRequests}
 def request_adapter(model: SequentialRecommender) -> Callable[..., T2ARecRequests] | None:
     """The per-request implementation of a model's test-time step, or None when it has none."""
     return ADAPTERS.get(type(model))
+
+
+def request_scope_unsupported(model: SequentialRecommender) -> str | None:
+    """Why ``model`` cannot take a test-time step per request (align.scope=request), or None when it can.
+
+    Checked when a checkpoint is loaded for serving, so that a service refuses to start instead of
+    failing on its first aligned request."""
+    if request_adapter(model) is None:
+        return f"{type(model).__name__} has no per-request test-time alignment; use align.scope=batch"
+    layers = len(getattr(model, "layers", ()))
+    if layers != 1:
+        return (f"per-request alignment (align.scope=request) is implemented for one T2ARec layer "
+                f"(the spec's model), not {layers}; use align.scope=batch")
+    return None

@@ -168,6 +168,12 @@ class Recommender:
             if scope not in SCOPES:
                 raise ValueError(f"align scope must be 'batch' or 'request', not {scope!r}")
             cfg.align.scope = scope
+        if cfg.align.enabled and cfg.align.scope == "request" and model.has_alignment_loss:
+            from t2arec.models.t2arec_request import request_scope_unsupported
+
+            if (reason := request_scope_unsupported(model)) is not None:
+                raise ValueError(f"{checkpoint}: this checkpoint aligns at test time, but {reason} "
+                                 f"(--align-scope batch), or serve it without alignment (--no-align)")
         return cls(model, cfg, list(payload["item_ids"]), resolve_device(device))
 
     @property
