@@ -30,7 +30,6 @@ from t2arec.models.losses import full_cross_entropy
 from t2arec.models.ssd import final_state, scan_chunked, scan_sequential
 from t2arec.models.ssd_kernels import kernel_available, scan_kernel
 from t2arec.models import t2arec_step
-from t2arec.models.t2arec_step import alignment_step
 
 
 @dataclass
@@ -513,4 +512,4 @@ class T2ARec(SequentialRecommender):
         when ``fast_step_applies`` is False (the caller uses autograd)."""
         if not self.fast_step_applies(batch):
             return None
-        return alignment_step(self, batch, mu_time, mu_state, params)
+        return t2arec_step.alignment_step(self, batch, mu_time, mu_state, params)
