@@ -65,7 +65,8 @@ def test_compare_writes_table_2_with_mean_std_and_a_no_tta_row(out):
     training = summary["training"]["sasrec"]
     assert training["steps"][1] == run["steps"] > 0 and training["train_seconds"][1] == run["train_seconds"] > 0
     assert training["best_step"][1] == run["best_step"]
-    assert "| Model | minutes | steps | best step | step applied |" in markdown
+    assert training["median_epoch_train_seconds"][1] > 0
+    assert "| Model | minutes | minutes at the median epoch | steps | best step | step applied |" in markdown
 
 
 def test_compare_reuses_finished_runs(out):

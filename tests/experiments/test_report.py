@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from t2arec.experiments.compare import rank_metric, summarise, to_markdown
+from t2arec.experiments.compare import median_epoch_seconds, rank_metric, summarise, to_markdown
 from t2arec.experiments.report import mean_std, paired_ttest
 
 
@@ -51,3 +51,11 @@ def test_no_star_when_the_gap_is_within_seed_noise():
     rank = rank_metric(rows, "ndcg@10")
     assert rank["best"] == "a" and not rank["significant"]
     assert "\\*" not in to_markdown(summarise(rows, [1, 2, 3]), "t")
+
+
+def test_training_time_at_the_median_epoch_ignores_a_paused_epoch():
+    # one epoch of five was paused for 1,000 s: the wall-clock total keeps it, the median epoch does not
+    history = [{"seconds": s} for s in (60.0, 62.0, 1060.0, 58.0, 61.0)]
+    assert median_epoch_seconds({"history": history}) == pytest.approx(5 * 61.0)
+    assert median_epoch_seconds({"history": history[:4]}) == pytest.approx(4 * 61.0)  # even count: the mean of the middle two
+    assert median_epoch_seconds({"train_seconds": 10.0}) is None

@@ -38,10 +38,24 @@ def collect_rows(setup: Setup, models: list[str], desc: str = "compare") -> dict
     return metric_rows(collect_runs(setup, models, desc))
 
 
+def median_epoch_seconds(run: dict[str, Any]) -> float | None:
+    """Epochs times the median epoch's seconds: the run's training time with the time it spent
+    paused (SIGSTOP while CI or a benchmark ran) or slowed by another job left out, which the
+    wall-clock total keeps; None for results without a history."""
+    seconds = sorted(e["seconds"] for e in run.get("history") or [] if e.get("seconds") is not None)
+    if not seconds:
+        return None
+    middle = len(seconds) // 2
+    median = seconds[middle] if len(seconds) % 2 else (seconds[middle - 1] + seconds[middle]) / 2
+    return median * len(seconds)
+
+
 def training_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    """Per model: training time, optimiser steps, the step of the best validation, and whether the
-    test-time step was applied, each per seed (older results without these fields give None)."""
+    """Per model: training time (wall-clock, and at the median epoch), optimiser steps, the step of
+    the best validation, and whether the test-time step was applied, each per seed (older results
+    without these fields give None)."""
     return {model: {"train_seconds": [r.get("train_seconds") for r in per_seed],
+                     "median_epoch_train_seconds": [median_epoch_seconds(r) for r in per_seed],
                      "steps": [r.get("steps") for r in per_seed],
                      "best_step": [r.get("best_step") for r in per_seed],
                      "alignment_applied": [bool(r.get("alignment", {}).get("applied")) for r in per_seed]}
@@ -52,11 +66,15 @@ def training_markdown(training: dict[str, dict[str, Any]]) -> str:
     """The training cost of each model's runs (wall-clock on this machine), one cell per seed."""
     def cells(values: list[Any], unit: float = 1.0, digits: int = 0) -> str:
         return ", ".join("-" if v is None else f"{v / unit:.{digits}f}" for v in values)
-    body = [[model, cells(t["train_seconds"], 60.0, 1), cells(t["steps"]), cells(t["best_step"]),
+    body = [[model, cells(t["train_seconds"], 60.0, 1), cells(t.get("median_epoch_train_seconds", []), 60.0, 1),
+             cells(t["steps"]), cells(t["best_step"]),
              ", ".join("yes" if a else "no" for a in t["alignment_applied"])] for model, t in training.items()]
-    return ("Training per run (one cell per seed): wall-clock minutes of training and validation, "
-            "optimiser steps, the step of the best validation, and whether a test-time step was applied.\n\n"
-            + markdown_table(["Model", "minutes", "steps", "best step", "step applied"], body) + "\n")
+    return ("Training per run (one cell per seed): wall-clock minutes of training and validation; the same "
+            "at the median epoch (epochs times the median epoch's time: pauses and slowdowns by other jobs "
+            "left out); optimiser steps, the step of the best validation, and whether a test-time step was "
+            "applied.\n\n"
+            + markdown_table(["Model", "minutes", "minutes at the median epoch", "steps", "best step",
+                              "step applied"], body) + "\n")
 
 
 def rank_metric(rows: dict[str, list[dict[str, float]]], metric: str) -> dict[str, Any]:
