@@ -6,6 +6,7 @@ what the alignment step itself adds.
 """
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from t2arec.experiments.report import fmt_mean_std, markdown_table, mean_std, metric_label, paired_ttest
@@ -42,12 +43,8 @@ def median_epoch_seconds(run: dict[str, Any]) -> float | None:
     """Epochs times the median epoch's seconds: the run's training time with the time it spent
     paused (SIGSTOP while CI or a benchmark ran) or slowed by another job left out, which the
     wall-clock total keeps; None for results without a history."""
-    seconds = sorted(e["seconds"] for e in run.get("history") or [] if e.get("seconds") is not None)
-    if not seconds:
-        return None
-    middle = len(seconds) // 2
-    median = seconds[middle] if len(seconds) % 2 else (seconds[middle - 1] + seconds[middle]) / 2
-    return median * len(seconds)
+    seconds = [e["seconds"] for e in run.get("history") or [] if e.get("seconds") is not None]
+    return statistics.median(seconds) * len(seconds) if seconds else None
 
 
 def training_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, Any]]:
