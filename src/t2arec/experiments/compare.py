@@ -63,7 +63,7 @@ def training_markdown(training: dict[str, dict[str, Any]]) -> str:
     """The training cost of each model's runs (wall-clock on this machine), one cell per seed."""
     def cells(values: list[Any], unit: float = 1.0, digits: int = 0) -> str:
         return ", ".join("-" if v is None else f"{v / unit:.{digits}f}" for v in values)
-    body = [[model, cells(t["train_seconds"], 60.0, 1), cells(t.get("median_epoch_train_seconds", []), 60.0, 1),
+    body = [[model, cells(t["train_seconds"], 60.0, 1), cells(t["median_epoch_train_seconds"], 60.0, 1),
              cells(t["steps"]), cells(t["best_step"]),
              ", ".join("yes" if a else "no" for a in t["alignment_applied"])] for model, t in training.items()]
     return ("Training per run (one cell per seed): wall-clock minutes of training and validation; the same "
