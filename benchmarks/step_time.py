@@ -56,7 +56,8 @@ def main() -> None:
             optimizer.load_state_dict(state["optimizer"])
         rng = np.random.default_rng(0)
         model.train()
-        batches = iter([windows.batch(rng.choice(len(windows), size, replace=False)) for _ in range(11)])
+        steps = 3 + 5 + 3  # warm-up, timed, profiled
+        batches = iter([windows.batch(rng.choice(len(windows), size, replace=False)) for _ in range(steps)])
 
         def step() -> None:
             losses = model.training_losses(next(batches))

@@ -54,7 +54,7 @@ def test_overrides_reach_the_model_and_the_profile_is_printed(monkeypatch, capsy
                                       "--set", "model.chunk_size=4", "--profile", "5"])
     script.main()
     model, cfg = built[0]
-    assert cfg.model.chunk_size == 4
+    assert cfg.model.chunk_size == 4 and model.cfg.chunk_size == 4  # the timed model is the overridden one
     out = capsys.readouterr().out
     assert re.search(r"batch 2: [0-9.]+ s per step", out)
     assert "Self CPU" in out  # the profiler's table
