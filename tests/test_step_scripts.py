@@ -45,14 +45,16 @@ def test_step_comparison_equal_and_able_to_see_a_difference(monkeypatch):
     examples, align = tiny_examples(), AlignConfig(lr=2.0, mu_time=1.0, mu_state=1.0, batch_size=8)
     report = script.step_comparison(tiny_model(), examples, align)
     assert report["batches"] == 3 and report["ranks_equal_fraction"] == 1.0
-    assert report["aligned_score_max_abs_diff"] <= 1e-5 and report["test_metric_max_abs_diff"] == 0.0
+    # float32 rounding of two ways to the same gradient, times a step of 2 (scores here are within +-1):
+    # 2.7e-6 on one machine, 1.3e-5 on another; the wrong gradient below moves scores by about 1
+    assert report["aligned_score_max_abs_diff"] <= 1e-4 and report["test_metric_max_abs_diff"] == 0.0
     assert all(shift > 0 for shift in report["param_shift"]["fast"])
     # a written-out step that got L_time's inner gradient wrong is caught
     import t2arec.models.t2arec_step as step
 
     inner = step._time_inner
     monkeypatch.setattr(step, "_time_inner", lambda *args: (lambda out: (out[0], 3 * out[1]))(inner(*args)))
-    assert script.step_comparison(tiny_model(), examples, align)["aligned_score_max_abs_diff"] > 1e-4
+    assert script.step_comparison(tiny_model(), examples, align)["aligned_score_max_abs_diff"] > 1e-2
 
 
 def test_breakdown_reports_both_steps_in_encodes(monkeypatch, capsys):

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from t2arec.models.base import ItemTable, SeqBatch, SequentialRecommender
+from t2arec.models.base import MIN_ROWS, ItemTable, SeqBatch, SequentialRecommender
 
 DEFAULT_MAX_BLOCK = 2**26  # float32 scores per block: 256 MiB
 # scores compared and counted at a time inside a block: torch sums a boolean tensor by first
@@ -77,19 +77,14 @@ class TableScores(ItemScores):
         return self.table.columns(self.query, items)
 
 
-# MKL computes a product with one or two query rows by a matrix-vector kernel whose rounding differs
-# from the matrix-matrix kernel used for three rows or more (whose rows do not depend on how many
-# rows there are: measured, docs/serving.md "Isolation"). ``CorrectedScores`` pads fewer rows to this.
-MIN_ROWS = 8
-
-
 class CorrectedScores(ItemScores):
     """query . table plus a sparse correction: (row, item) -> value added to that one score.
 
     Per-request test-time alignment (``t2arec.align.use_scores_by_request``) changes, for each row, the
     item-table rows of the items its own request read; the rest of the table is the trained one. So
     its scores are the trained product plus q . dE on those few items, without a per-row table.
-    A row's values do not depend on the other rows: the product pads the queries to ``MIN_ROWS``.
+    A row's values do not depend on the other rows: the product is made at least ``MIN_ROWS`` rows
+    (``models.base``).
 
     query: (B, d); rows, items, values: (M,) row index, 0-based item index, value to add (each
     (row, item) pair at most once).
@@ -101,13 +96,9 @@ class CorrectedScores(ItemScores):
         self.device, self.dtype = query.device, query.dtype
         order = torch.argsort(items, stable=True)  # by item, so that a block's entries are one slice
         self.fix_rows, self.fix_items, self.fix_values = rows[order], items[order], values[order].to(query.dtype)
-        if self.rows < MIN_ROWS:
-            self._padded = torch.cat([query, query.new_zeros(MIN_ROWS - self.rows, query.shape[1])])
-        else:
-            self._padded = query
 
     def block(self, start: int, stop: int) -> Tensor:
-        out = self.table.scores(self._padded, start, stop)[: self.rows]
+        out = self.table.scores(self.query, start, stop, min_rows=MIN_ROWS)
         lo, hi = torch.searchsorted(self.fix_items, torch.tensor([start, stop], device=self.device)).tolist()
         if hi > lo:
             out.index_put_((self.fix_rows[lo:hi], self.fix_items[lo:hi] - start), self.fix_values[lo:hi],
@@ -115,7 +106,7 @@ class CorrectedScores(ItemScores):
         return out
 
     def columns(self, items: Tensor) -> Tensor:
-        out = self.table.columns(self._padded, items)[: self.rows]
+        out = self.table.columns(self.query, items, min_rows=MIN_ROWS)
         if not len(self.fix_items) or not len(items):
             return out
         # every column that shows an item with a correction gets it (``items`` may repeat an item)

@@ -67,6 +67,31 @@ def combine_terms(terms: dict[str, LossTerm]) -> dict[str, Tensor]:
     return losses
 
 
+# MKL computes products with few query rows or few item columns by kernels of their own, which sum
+# in another order: a score would then depend on how many rows (other requests) or items (a block)
+# it was computed with. Measured (benchmarks/blas_shapes.py): on an Intel machine with one or two
+# rows; on an AMD EPYC one (MKL 2024.2, AVX-512) with up to 11 rows and fewer than 32 columns. So a
+# block is always computed at least MIN_COLUMNS items wide, and where a row's scores must not depend
+# on the other rows (per-request alignment, ``scoring.CorrectedScores``) at least MIN_ROWS rows:
+# zeros padded and cut back (tests/test_align_request.py, tests/test_evaluate.py).
+MIN_ROWS = 16
+MIN_COLUMNS = 64
+
+
+def _padded_product(query: Tensor, weight: Tensor, min_rows: int = 1) -> Tensor:
+    """query (..., d) @ weight (N, d).T -> (..., N), computed on at least min_rows x MIN_COLUMNS."""
+    rows = query.reshape(-1, query.shape[-1])
+    num_rows, num_columns = rows.shape[0], weight.shape[0]
+    if num_rows >= min_rows and num_columns >= MIN_COLUMNS:
+        return query @ weight.T
+    if num_rows < min_rows:
+        rows = torch.cat([rows, rows.new_zeros(min_rows - num_rows, rows.shape[1])])
+    if num_columns < MIN_COLUMNS:
+        weight = torch.cat([weight, weight.new_zeros(MIN_COLUMNS - num_columns, weight.shape[1])])
+    out = (rows @ weight.T)[:num_rows, :num_columns].contiguous()
+    return out.view(*query.shape[:-1], num_columns)
+
+
 @dataclass(frozen=True)
 class ItemTable:
     """What a query is scored against: score(query, item j) = query . weight[j - 1] + bias[j - 1].
@@ -83,20 +108,21 @@ class ItemTable:
     def num_items(self) -> int:
         return self.weight.shape[0]
 
-    def scores(self, query: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
-        """query (..., d) -> (..., stop - start) scores of items start + 1..stop (all by default).
+    def scores(self, query: Tensor, start: int = 0, stop: int | None = None, min_rows: int = 1) -> Tensor:
+        """query (..., d) -> (..., stop - start) scores of items start + 1..stop (all by default),
+        the product computed on at least ``min_rows`` rows (``MIN_ROWS``: rows independent of each other).
 
         The whole table (start 0, stop None) is exactly the product every model computed before
         the table existed; a block of it equals the same columns of that product on the BLAS
         measured here (docs/scaling.md), which is what makes ranks by blocks equal to today's.
         """
-        out = query @ self.weight[start:stop].T
+        out = _padded_product(query, self.weight[start:stop], min_rows)
         # the bias is added after the product, never fused into it (addmm may round differently)
         return out if self.bias is None else out + self.bias[start:stop]
 
-    def columns(self, query: Tensor, items: Tensor) -> Tensor:
+    def columns(self, query: Tensor, items: Tensor, min_rows: int = 1) -> Tensor:
         """query (B, d), items (U,) 0-based -> (B, U) scores of those items, in that order."""
-        out = query @ self.weight.index_select(0, items).T
+        out = _padded_product(query, self.weight.index_select(0, items), min_rows)
         return out if self.bias is None else out + self.bias.index_select(0, items)
 
 
