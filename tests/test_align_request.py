@@ -72,7 +72,7 @@ def test_one_request_equals_the_batch_scope_step_in_float64():
 
 @pytest.mark.parametrize("model_cfg", [{}, {"num_heads": 2}, {"output_gate": False, "state_p": "theorem"},
                                        {"time_transform": "identity", "time_scale": 50.0},
-                                       {"single_layer_residual": True}])
+                                       {"single_layer_residual": True}, {"expand": 2, "num_heads": 2}])
 def test_per_request_gradients_equal_autograd_on_each_request_alone(model_cfg):
     model, batch = make(dtype=torch.float64, **model_cfg)
     requests = torch.tensor([0, 0, 1, 2, 2, 2, 3, 4, 4])

@@ -149,6 +149,29 @@ def test_time_loss_with_heads_averages_the_heads():
 def test_heads_must_divide_the_hidden_size():
     with pytest.raises(ValueError, match="num_heads"):
         T2ARecConfig(hidden_size=64, num_heads=3)
+    with pytest.raises(ValueError, match="num_heads"):
+        T2ARecConfig(hidden_size=64, expand=3, num_heads=5)
+    with pytest.raises(ValueError, match="expand"):
+        T2ARecConfig(expand=0)
+
+
+def test_expansion_widens_the_mixer_and_keeps_the_model_width():
+    """expand = 2: x, the gate and the state's columns are 2d wide, W_out maps 2d back to d, and the
+    embeddings, the FFN and the outputs stay at d. Padding stays a no-op and the chunked scan still
+    equals the sequential loop."""
+    model = tiny_model(expand=2, output_gate=True)
+    mixer = model.layers[0].mixer
+    assert mixer.in_proj.weight.shape == (16 + 16 + 2 * 4 + 1, 8)  # z, x~, B~, C~, dt from d = 8
+    assert mixer.out_proj.weight.shape == (8, 16) and mixer.q_proj.weight.shape == (4, 16)
+    assert model.item_embedding.weight.shape == (21, 8)
+    items = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 5, 6, 7, 8, 9]])
+    o, trace = model.encode(items)
+    assert o.shape == (2, 9, 8) and trace.final_state.shape == (2, 1, 4, 16) and trace.x_last.shape == (2, 16)
+    reference = tiny_model(expand=2, output_gate=True, sequential_scan=True)
+    reference.load_state_dict(model.state_dict())
+    assert torch.allclose(o, reference.encode(items)[0], atol=1e-10, rtol=0)
+    padded = model.encode(torch.cat([torch.zeros(2, 5, dtype=torch.long), items], dim=1))[0]
+    assert torch.allclose(padded[1, -9:], o[1], atol=1e-10, rtol=0)
 
 
 def test_refeed_is_step_n_plus_one_of_the_same_transform():
@@ -318,7 +341,8 @@ SHORT = SeqBatch(torch.tensor([[0, 4], [7, 3]] * 12), torch.ones(24, 2, dtype=to
 
 
 @pytest.mark.parametrize("overrides", [{}, {"num_layers": 2}, {"single_layer_residual": True, "output_gate": True},
-                                       {"num_heads": 2}])
+                                       {"num_heads": 2}, {"expand": 2, "output_gate": True},
+                                       {"expand": 3, "num_heads": 2}])
 @pytest.mark.parametrize("short", [False, True])
 @pytest.mark.parametrize("cache_tokens", [None, 7])
 def test_fast_inference_equals_the_full_computation(overrides, short, cache_tokens, monkeypatch):

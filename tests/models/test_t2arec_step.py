@@ -75,6 +75,8 @@ CASES = [
     {"time_block": 2},
     {"conv_kernel": 2},
     {"use_item_table": False},
+    {"expand": 2},  # the mixer twice as wide as the embeddings: W_in d -> 2d + ..., W_out 2d -> d
+    {"expand": 2, "num_heads": 2, "output_gate": False},
 ]
 
 

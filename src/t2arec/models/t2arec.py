@@ -43,6 +43,10 @@ class T2ARecConfig:
     # shared, Mamba-2's single group). The spec fixes 1; more heads is a deviation, measured in
     # docs/ml1m_regime.md
     num_heads: int = 1
+    # inner width of the mixer, expand * d: x, z, the state's columns and W_out's input. The spec's
+    # block has no expansion (1); Mamba-2, Mamba4Rec and TiM4Rec expand by 2, so at the same d their
+    # mixers are twice as wide. A deviation, measured in docs/ml1m_regime.md ("Capacity")
+    expand: int = 1
     dropout: float = 0.1  # validation: ahead on ML-1M, a tie on ML-100K (docs/ml1m_regime.md)
     chunk_size: int = 64
     single_layer_residual: bool = False  # Mamba4Rec has no residual around a single SSM layer
@@ -78,8 +82,16 @@ class T2ARecConfig:
             raise ValueError(f"state_p must be 'learned' or 'theorem', not {self.state_p!r}")
         if self.time_scale <= 0:
             raise ValueError("time_scale (lambda) must be positive")
-        if self.num_heads < 1 or self.hidden_size % self.num_heads:
-            raise ValueError(f"num_heads ({self.num_heads}) must be >= 1 and divide hidden_size ({self.hidden_size})")
+        if self.expand < 1:
+            raise ValueError(f"expand must be >= 1, not {self.expand}")
+        if self.num_heads < 1 or self.inner_size % self.num_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be >= 1 and divide the inner width "
+                             f"expand * hidden_size ({self.inner_size})")
+
+    @property
+    def inner_size(self) -> int:
+        """The mixer's width, expand * d (d without expansion, the spec's block)."""
+        return self.expand * self.hidden_size
 
 
 @dataclass
@@ -124,21 +136,22 @@ def fold_heads(t: Tensor) -> Tensor:
 
 
 class T2AMambaBlock(nn.Module):
-    """Unexpanded Mamba-2 mixer (single head in the spec) with the re-fed step and the backward-state head."""
+    """Mamba-2 mixer (unexpanded and single head in the spec) with the re-fed step and the
+    backward-state head. Inside the block ``d`` is the inner width ``expand * hidden_size``."""
 
     def __init__(self, cfg: T2ARecConfig) -> None:
         super().__init__()
-        d, ds, heads = cfg.hidden_size, cfg.state_size, cfg.num_heads
+        d, ds, heads = cfg.inner_size, cfg.state_size, cfg.num_heads
         self.cfg = cfg
         self.heads, self.head_dim = heads, d // heads
         self.conv_channels = d + 2 * ds
         gate = d if cfg.output_gate else 0
-        self.in_proj = nn.Linear(d, gate + self.conv_channels + heads, bias=False)  # Linear_1
+        self.in_proj = nn.Linear(cfg.hidden_size, gate + self.conv_channels + heads, bias=False)  # Linear_1
         self.conv = nn.Conv1d(self.conv_channels, self.conv_channels, cfg.conv_kernel, groups=self.conv_channels)
         self.dt_bias = nn.Parameter(torch.empty(heads))
         self.A_log = nn.Parameter(torch.empty(heads))
         self.D = nn.Parameter(torch.ones(heads))
-        self.out_proj = nn.Linear(d, d, bias=False)
+        self.out_proj = nn.Linear(d, cfg.hidden_size, bias=False)
         self.q_proj = nn.Linear(d, ds, bias=False)  # Linear_2: x_n -> q
         self.P = nn.Parameter(torch.zeros(heads))
 
@@ -160,7 +173,7 @@ class T2AMambaBlock(nn.Module):
 
     def split_projection(self, projected: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
         """in_proj output -> (gate z or None, conv inputs [x~, B~, C~], dt (..., H))."""
-        gate = self.cfg.hidden_size if self.cfg.output_gate else 0
+        gate = self.cfg.inner_size if self.cfg.output_gate else 0
         z = projected[..., :gate] if gate else None
         return z, projected[..., gate : gate + self.conv_channels], projected[..., -self.heads:]
 
@@ -202,7 +215,7 @@ class T2AMambaBlock(nn.Module):
         return h.view(x.shape[0], self.heads, *h.shape[1:])
 
     def split_conv_output(self, xbc: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        d, ds = self.cfg.hidden_size, self.cfg.state_size
+        d, ds = self.cfg.inner_size, self.cfg.state_size
         return xbc[..., :d], xbc[..., d : d + ds], xbc[..., d + ds :]
 
     def forward(self, u: Tensor, mask: Tensor) -> tuple[Tensor, BlockTrace]:
@@ -230,7 +243,7 @@ class T2AMambaBlock(nn.Module):
         per-position output is computed, C~ is convolved at the last position only, and the gate
         is read at the last position only.
         """
-        d, ds, k = self.cfg.hidden_size, self.cfg.state_size, self.cfg.conv_kernel
+        d, ds, k = self.cfg.inner_size, self.cfg.state_size, self.cfg.conv_kernel
         gate = d if self.cfg.output_gate else 0
         xb_cols = slice(gate, gate + d + ds)
         maskf = mask.to(self.conv.weight.dtype)

@@ -22,8 +22,8 @@ Batch invariance: a request's numbers must not depend on the other requests of t
 answer must be reproducible). Every per-row computation here has the same shapes whatever the batch
 holds (inputs are always padded to ``max_len``), matrix products are ``bmm`` over rows (each row its
 own product of fixed size; MKL computes them independently), the per-request sums add only that
-request's rows, and the product with E pads the queries to at least ``MIN_ROWS`` rows (MKL treats
-one or two rows with a matrix-vector kernel that rounds differently). Measured: a request alone and
+request's rows, and the product with E is made at least ``MIN_ROWS`` rows and ``MIN_COLUMNS`` items
+(``models.base.ItemTable``: MKL's kernels for small products round differently). Measured: a request alone and
 among others gives bit-identical scores (``tests/test_align_request.py``).
 
 The math mirrors ``T2ARec.encode_last`` and ``T2ARec.self_supervised_losses`` (eval mode: no dropout),
@@ -212,7 +212,7 @@ class T2ARecRequests:
         The in-projection is computed by column group, each where it is read: [x~, B~] and dt at every
         position, C~ at the last k, the gate z at the last one (as ``TokenInputs.take`` reads them), so
         no slice of a (B, L, width) projection, nor its backward, is ever made."""
-        d, ds, k, heads = mixer.cfg.hidden_size, mixer.cfg.state_size, mixer.cfg.conv_kernel, mixer.heads
+        d, ds, k, heads = mixer.cfg.inner_size, mixer.cfg.state_size, mixer.cfg.conv_kernel, mixer.heads
         gate = d if mixer.cfg.output_gate else 0
         channels = mixer.conv_channels  # d + 2 d_s
         maskf = mask.to(hidden.dtype)[..., None]

@@ -143,7 +143,7 @@ def alignment_step(model: "T2ARec", batch: SeqBatch, mu_time: float, mu_state: f
     lengths, order = torch.sort((batch.items > 0).sum(1), stable=True)
     items, gaps, next_gap = batch.items[order], batch.gaps[order], batch.next_gap[order]
     bsz, length = items.shape
-    d, ds, k, heads = cfg.hidden_size, cfg.state_size, cfg.conv_kernel, mixer.heads
+    d, ds, k, heads = cfg.inner_size, cfg.state_size, cfg.conv_kernel, mixer.heads
     gate = d if cfg.output_gate else 0
     xb_cols = slice(gate, gate + d + ds)
 
@@ -342,7 +342,7 @@ def _tokens_forward(rows_xb: Tensor, padded_index: Tensor, mixer: torch.nn.Modul
     the start; share: (B, L, H), s_i; lengths: (B,) real lengths, sorted.
     """
     bsz, length, heads = share.shape
-    d, ds, p = mixer.cfg.hidden_size, mixer.cfg.state_size, mixer.head_dim
+    d, ds, p = mixer.cfg.inner_size, mixer.cfg.state_size, mixer.head_dim
     conv = _Convolution(rows_xb, mixer.conv.weight.detach()[: d + ds, 0, :], mixer.conv.bias.detach()[: d + ds])
     h = rows_xb.new_zeros(bsz, heads, ds, p)
     h_sq = rows_xb.new_zeros(bsz, heads)
@@ -395,7 +395,7 @@ def _sequence_part(model: "T2ARec", items: Tensor, table: Tensor, padded_index: 
     layer = model.layers[0]
     mixer = layer.mixer
     bsz, length, heads = delta.shape
-    d, ds, k, p = cfg.hidden_size, cfg.state_size, cfg.conv_kernel, mixer.head_dim
+    d, ds, k, p = cfg.inner_size, cfg.state_size, cfg.conv_kernel, mixer.head_dim
     gate = d if cfg.output_gate else 0
     h = tokens.h
     rows = table.detach().requires_grad_()
