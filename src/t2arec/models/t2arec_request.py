@@ -23,8 +23,8 @@ answer must be reproducible). Every per-row computation here has the same shapes
 holds (inputs are always padded to ``max_len``), matrix products are ``bmm`` over rows (each row its
 own product of fixed size; MKL computes them independently), the per-request sums add only that
 request's rows, and the product with E is made at least ``MIN_ROWS`` rows and ``MIN_COLUMNS`` items
-(``models.base.ItemTable``: MKL's kernels for small products round differently). Measured: a request alone and
-among others gives bit-identical scores (``tests/test_align_request.py``).
+(``models.base``: MKL's kernels for small products round differently). Measured: a request alone
+and among others gives bit-identical scores (``tests/test_align_request.py``).
 
 The math mirrors ``T2ARec.encode_last`` and ``T2ARec.self_supervised_losses`` (eval mode: no dropout),
 written with per-row parameters; tests pin it to the model's own code (per-request gradients equal the
