@@ -7,12 +7,15 @@ product, and the block widths whose columns differ from the full product's, both
 ``query @ weight.T`` and for ``ItemTable.scores`` with ``min_rows=MIN_ROWS`` (padded to
 ``MIN_ROWS`` x ``MIN_COLUMNS``, as per-request alignment scores).
 
-    python benchmarks/blas_shapes.py            # prints JSON
+    python benchmarks/blas_shapes.py                  # prints JSON
+    python benchmarks/blas_shapes.py --padding-cost   # + ms of a million-item product, rows padded
 """
 from __future__ import annotations
 
+import argparse
 import json
 import platform
+import time
 
 import torch
 
@@ -45,7 +48,27 @@ def table(query, weight, start, stop):  # noqa: ANN001, ANN201
     return ItemTable(weight).scores(query, start, stop, min_rows=MIN_ROWS)
 
 
+def padding_cost(items: int = 1_000_000, hidden: int = 64, repeats: int = 10) -> dict:
+    """Milliseconds of ``ItemTable.scores`` over ``items`` items for 1, 8 and 16 query rows, each
+    padded to 1, 8 and 16 rows (``min_rows``), mean of ``repeats`` calls after one warm-up."""
+    weight = torch.randn(items, hidden)
+    table = ItemTable(weight)
+    out = {}
+    for rows in (1, 8, 16):
+        query = torch.randn(rows, hidden)
+        for pad in (p for p in (1, 8, 16) if p >= rows):
+            table.scores(query, min_rows=pad)
+            began = time.perf_counter()
+            for _ in range(repeats):
+                table.scores(query, min_rows=pad)
+            out[f"rows_{rows}_padded_to_{pad}"] = round((time.perf_counter() - began) / repeats * 1000, 1)
+    return out
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--padding-cost", action="store_true", help="also time a million-item product")
+    args = parser.parse_args()
     report = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
               "blas": "mkl" if torch.backends.mkl.is_available() else "other",
               "min_rows": MIN_ROWS, "min_columns": MIN_COLUMNS, "widths_tried": list(WIDTHS)}
@@ -54,6 +77,8 @@ def main() -> None:
         torch.set_num_threads(threads)
         report[f"threads_{threads}"] = {"raw_product": differing_shapes(raw), "item_table": differing_shapes(table)}
     torch.set_num_threads(before)
+    if args.padding_cost:
+        report["padding_cost_ms"] = padding_cost()
     print(json.dumps(report, indent=1))
 
 
