@@ -39,7 +39,10 @@ def prefix_context(data: SequenceData, max_len: int) -> dict:
     """Every-prefix training: target t of a training part (t >= 1) sees its min(t, max_len) predecessors."""
     contexts = [np.minimum(np.arange(1, len(items) - 2), max_len) for items in data.items]
     context = np.concatenate(contexts)
-    return {"sequences": int(context.size), "tokens": int(context.sum()), "mean_context": float(context.mean())}
+    # users with more targets than one window holds: the ones whose windows differ from their prefixes
+    beyond = sum(len(c) for c in contexts if len(c) > max_len)
+    return {"sequences": int(context.size), "tokens": int(context.sum()), "mean_context": float(context.mean()),
+            "share_of_targets_in_longer_histories": beyond / max(int(context.size), 1)}
 
 
 def main(argv: list[str] | None = None) -> dict:
