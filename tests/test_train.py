@@ -65,6 +65,31 @@ def test_patience_counts_steps_since_the_best_validation(data, monkeypatch):
     assert result.best_valid == {"ndcg@10": 0.6}
 
 
+def test_learning_rate_decays_after_each_plateau_and_only_when_asked(data, monkeypatch):
+    # one step per epoch and a validation after each: the best at step 2, then nothing better
+    model, windows, valid, cfg = setup_model(data, epochs=9, batch_size=10_000, eval_steps=1,
+                                             patience_steps=100, lr_decay=0.5, lr_plateau_steps=3)
+    assert steps_per_epoch(windows, cfg.train) == 1
+    fake_scores(monkeypatch, [0.5, 0.6] + [0.1] * 7)
+    result = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)
+    # 3 steps after the best (step 5) and 3 after that decay (step 8): lr 1e-3 -> 5e-4 -> 2.5e-4
+    assert [row["lr"] for row in result.history] == pytest.approx(
+        [1e-3, 1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 2.5e-4, 2.5e-4])
+
+    model, windows, valid, cfg = setup_model(data, epochs=9, batch_size=10_000, eval_steps=1, patience_steps=100)
+    fake_scores(monkeypatch, [0.5, 0.6] + [0.1] * 7)
+    result = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)
+    assert {row["lr"] for row in result.history} == {1e-3}  # the default: constant
+
+
+def test_a_decay_outside_zero_to_one_is_refused():
+    from t2arec.config import ConfigError, validate
+    cfg = RunConfig()
+    apply_overrides(cfg, ["train.lr_decay=1.5"])
+    with pytest.raises(ConfigError, match="train.lr_decay"):
+        validate(cfg)
+
+
 def test_window_repeats_show_every_window_that_many_times_per_epoch(data):
     model, windows, _, cfg = setup_model(data, window_repeats=3, batch_size=7)
     seen = []

@@ -45,7 +45,12 @@ class TrainConfig:
 
     epochs: int = 1000  # cap on passes over the training windows (patience normally stops much earlier)
     batch_size: int = 32  # windows per step; chosen on ML-1M validation (docs/ml1m_regime.md)
-    lr: float = 1e-3  # constant: no schedule
+    lr: float = 1e-3  # constant unless lr_decay < 1
+    # learning-rate decay on a plateau (off by default): once ``lr_plateau_steps`` steps have gone by
+    # without a better validation (counted from the best or from the last decay, whichever is later),
+    # the learning rate is multiplied by ``lr_decay``
+    lr_decay: float = 1.0
+    lr_plateau_steps: int = 1000
     weight_decay: float = 0.0
     eval_steps: int = 200  # validate after the epoch in which the step count passes a multiple of this
     patience_steps: int = 2000  # stop once this many optimiser steps have gone by without a better validation
@@ -203,6 +208,9 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("train.stride_fraction must be in (0, 1]")
     if cfg.train.eval_steps < 1 or cfg.train.patience_steps < 0 or cfg.train.window_repeats < 1:
         raise ConfigError("train.eval_steps and train.window_repeats must be >= 1, train.patience_steps >= 0")
+    if not 0.0 < cfg.train.lr_decay <= 1.0 or cfg.train.lr_plateau_steps < 1:
+        raise ConfigError(f"train.lr_decay must be in (0, 1] (got {cfg.train.lr_decay}) "
+                          f"and train.lr_plateau_steps >= 1 (got {cfg.train.lr_plateau_steps})")
     if cfg.train.epochs < 1:
         raise ConfigError("train.epochs must be >= 1")
     if cfg.train.batch_size < 1 or cfg.align.batch_size < 1:

@@ -1,11 +1,14 @@
-"""The training loop: shuffled windows, Adam at a constant learning rate, validation NDCG@10 at
-regular amounts of work, early stopping, and a resumable state written after every epoch.
+"""The training loop: shuffled windows, Adam (at a constant learning rate unless decay on a plateau
+is asked for), validation NDCG@10 at regular amounts of work, early stopping, and a resumable state
+written after every epoch.
 
 Work is counted in optimiser steps, not epochs: an epoch of non-overlapping windows is about 15 steps
 on a small log of long histories and thousands on a large one, so "10 epochs of patience" would mean
 anything from 150 steps to a day. Validation runs after the epoch in which the step count passes a
 multiple of ``eval_steps`` (so once per epoch when epochs are long), and training stops once
-``patience_steps`` steps have gone by without a better validation NDCG@10.
+``patience_steps`` steps have gone by without a better validation NDCG@10. With ``lr_decay < 1`` the
+learning rate is multiplied by it whenever ``lr_plateau_steps`` steps have gone by without a better
+validation since the best or the last decay (PyTorch's ReduceLROnPlateau, counted in steps).
 
 The best weights are kept in memory and left in the model; writing the final checkpoint is the
 caller's job (``pipeline.run``). With ``state_path``, the whole training state (weights, optimiser,
@@ -64,6 +67,7 @@ class Progress:
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
     stopped: bool = False  # patience ran out
+    last_decay_step: int = 0  # when the learning rate was last decayed (0: never)
 
 
 def steps_per_epoch(windows: Examples, cfg: TrainConfig) -> int:
@@ -100,6 +104,17 @@ def run_epoch(model: SequentialRecommender, windows: Examples, optimizer: torch.
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         batches += 1
     return {name: total / max(batches, 1) for name, total in sums.items()}
+
+
+def _plateau_reached(done: Progress, cfg: TrainConfig) -> bool:
+    """Whether ``cfg.lr_plateau_steps`` steps have passed without a better validation, counted from
+    the best step or from the last decay, whichever is later (so each decay gets its own wait)."""
+    return cfg.lr_decay < 1.0 and done.step - max(done.best_step, done.last_decay_step) >= cfg.lr_plateau_steps
+
+
+def _decay_learning_rate(optimizer: torch.optim.Optimizer, factor: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] *= factor
 
 
 def _save_state(path: Path, model: SequentialRecommender, optimizer: torch.optim.Optimizer,
@@ -183,6 +198,10 @@ def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg:
                 done.best_score, done.best_step, done.best_epoch = metrics["ndcg@10"], done.step, epoch
                 done.best_valid = metrics
             done.stopped = done.step - done.best_step >= cfg.patience_steps
+            if not done.stopped and _plateau_reached(done, cfg):
+                _decay_learning_rate(optimizer, cfg.lr_decay)
+                done.last_decay_step = done.step
+        row["lr"] = optimizer.param_groups[0]["lr"]
         row["seconds"] = time.perf_counter() - epoch_start
         done.history.append(row)
         done.seconds += row["seconds"]
