@@ -7,7 +7,8 @@ the machine's measured matmul rate.
 Datasets: ML-100K from ``--ml100k`` (max length 50), MovieLens-1M from ``--ml1m`` (max length 200)
 and a synthetic set shaped like ML-1M (6,040 users, 3,706 items, about 1M interactions, max length
 200). ``epoch_s_ml1m`` is, for every model, the seconds of one pass over all of ML-1M's training
-targets (one epoch of non-overlapping windows, batch 128) after a warm-up of a few steps.
+targets (one epoch of non-overlapping windows, the default batch of 32 windows) after a warm-up of
+a few steps; ``--epoch-only`` times just these passes (about 12 minutes).
 Every other timing is the median of ``--repeats`` runs after a warm-up. Peak memory is the
 process's peak resident set right after the ML-1M-shaped T2ARec training epochs, which run first
 (nothing larger has run before them).
@@ -205,6 +206,8 @@ def main() -> None:
                         help="only T2ARec's test iterations with and without alignment (tta_it_s, no_tta_it_s)")
     parser.add_argument("--only-scope", action="store_true",
                         help="only the figures of both alignment scopes (tta_it_s, tta_request_it_s, served_ms)")
+    parser.add_argument("--epoch-only", action="store_true",
+                        help="only epoch_s_ml1m, the pass over ML-1M's training targets of each --epoch-models")
     parser.add_argument("--latency-users", type=int, default=200, help="single-user requests timed for served_ms")
     args = parser.parse_args()
     keep_freed_memory()
@@ -216,6 +219,11 @@ def main() -> None:
                                            "threads": torch.get_num_threads(), "torch": torch.__version__},
                                "repeats": args.repeats, "batch_size": args.batch_size, "slow_paths": args.slow}
 
+    if args.epoch_only:
+        movielens = ml1m(args.ml1m)
+        figures["epoch_s_ml1m"] = {name: target_pass_seconds(name, movielens, 200) for name in args.epoch_models}
+        _report(figures, args.out)
+        return
     big = ml1m_like()
     figures["ml1m_like"] = {"users": big.num_users, "items": big.num_items, "interactions": big.report.interactions}
     if args.tta_only or args.only_scope:
@@ -225,10 +233,7 @@ def main() -> None:
             figures["tta_over_no_tta"] = figures["tta_it_s"] / figures["no_tta_it_s"]
         if args.only_scope:
             figures |= scope_figures(big, args.batch_size, args.repeats, args.latency_users)
-        text = json.dumps(figures, indent=2)
-        print(text)
-        if args.out:
-            args.out.write_text(text + "\n")
+        _report(figures, args.out)
         return
     figures["epoch_s_ml1m_like"] = epoch_seconds("t2arec", big, 200, 1)
     figures["train_peak_rss_mb"] = peak_rss_mb()
@@ -252,10 +257,15 @@ def main() -> None:
     figures["stream_gb_s"] = stream_gb_s()
     # the rate if every counted flop ran at the matmul rate and nothing else cost anything
     figures["tta_floor_it_s"] = figures["matmul_gflops"] * 1e9 / figures["flops_per_test_iteration"]
+    _report(figures, args.out)
+
+
+def _report(figures: dict[str, Any], out: Path | None) -> None:
+    """Print the figures as JSON, and write them to ``out`` too when given."""
     text = json.dumps(figures, indent=2)
     print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    if out:
+        out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

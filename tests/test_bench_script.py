@@ -63,3 +63,19 @@ def test_only_the_aligned_and_plain_iterations(tmp_path, monkeypatch, capsys):
     assert figures["tta_it_s"] > 0 and figures["no_tta_it_s"] > 0
     assert figures["tta_over_no_tta"] == figures["tta_it_s"] / figures["no_tta_it_s"]
     assert "tta_request_it_s" not in figures and "sasrec_it_s" not in figures  # nothing else ran
+
+
+def test_only_the_passes_over_the_training_targets(tmp_path, monkeypatch, capsys):
+    bench = load_benchmark("bench")
+    tiny = prepare(make_synthetic(num_users=40, num_items=30, mean_length=12, seed=0), name="tiny")
+    monkeypatch.setattr(bench, "ml1m", lambda path: tiny)
+    monkeypatch.setattr(bench, "ml1m_like", lambda: (_ for _ in ()).throw(AssertionError("not asked for")))
+    out = tmp_path / "epochs.json"
+    monkeypatch.setattr(sys, "argv", ["bench.py", "--epoch-only", "--epoch-models", "t2arec", "sasrec",
+                                      "--out", str(out)])
+    bench.main()
+    figures = json.loads(out.read_text())
+    assert json.loads(capsys.readouterr().out) == figures
+    assert set(figures["epoch_s_ml1m"]) == {"t2arec", "sasrec"}
+    assert all(seconds > 0 for seconds in figures["epoch_s_ml1m"].values())
+    assert "tta_it_s" not in figures and "epoch_s_ml100k" not in figures  # nothing else ran
