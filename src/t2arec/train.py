@@ -201,7 +201,7 @@ def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg:
             if not done.stopped and _plateau_reached(done, cfg):
                 _decay_learning_rate(optimizer, cfg.lr_decay)
                 done.last_decay_step = done.step
-        row["lr"] = optimizer.param_groups[0]["lr"]
+        row["lr"] = optimizer.param_groups[0]["lr"]  # after this epoch's validation: the next epoch's rate
         row["seconds"] = time.perf_counter() - epoch_start
         done.history.append(row)
         done.seconds += row["seconds"]
