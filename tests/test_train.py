@@ -82,6 +82,38 @@ def test_learning_rate_decays_after_each_plateau_and_only_when_asked(data, monke
     assert {row["lr"] for row in result.history} == {1e-3}  # the default: constant
 
 
+def test_a_resumed_run_keeps_its_decayed_learning_rate(data, tmp_path, monkeypatch):
+    def fresh():
+        return setup_model(data, epochs=9, batch_size=10_000, eval_steps=1, patience_steps=100,
+                           lr_decay=0.5, lr_plateau_steps=3)
+
+    scores = [0.5, 0.6] + [0.1] * 7
+    model, windows, valid, cfg = fresh()
+    fake_scores(monkeypatch, scores)
+    straight = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)
+
+    real_epoch, calls = train_module.run_epoch, []
+
+    def crash_on_seventh(*args, **kwargs):  # after the first decay (step 5), before the second (step 8)
+        calls.append(1)
+        if len(calls) == 7:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    state = tmp_path / "train_state.pt"
+    model, windows, valid, cfg = fresh()
+    fake_scores(monkeypatch, scores)
+    monkeypatch.setattr(train_module, "run_epoch", crash_on_seventh)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False, state_path=state)
+    monkeypatch.setattr(train_module, "run_epoch", real_epoch)
+    model, windows, valid, cfg = fresh()
+    fake_scores(monkeypatch, scores[6:])  # the validations the crashed run did not reach
+    resumed = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False, state_path=state)
+    assert [row["lr"] for row in resumed.history] == [row["lr"] for row in straight.history]
+    assert resumed.history[-1]["lr"] == pytest.approx(2.5e-4)
+
+
 def test_a_decay_outside_zero_to_one_is_refused():
     from t2arec.config import ConfigError, validate
     cfg = RunConfig()
