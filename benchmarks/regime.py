@@ -117,7 +117,7 @@ def main() -> None:
                 [Variant(m, (f"train.stride_fraction={f:g}",)) for m in args.models for f in args.fractions])
     runs = ensure_runs(setup, variants, "regime")
 
-    rows, replays = [], []
+    rows, replays, profiles = [], [], []
     for variant in variants:
         per_seed = [runs[(variant, s)] for s in args.seeds]
         rows.append([variant.model, " ".join(variant.overrides) or "defaults",
@@ -126,6 +126,9 @@ def main() -> None:
                      fmt([r["test_no_tta"]["ndcg@10"] for r in per_seed]),
                      fmt([r["best_step"] for r in per_seed], 0), fmt([r["steps"] for r in per_seed], 0),
                      fmt([r["train_seconds"] for r in per_seed], 0)])
+        profiles.append([variant.label, *(fmt([r[split][metric] for r in per_seed])
+                                          for split in ("valid_no_tta", "test_no_tta")
+                                          for metric in ("recall@10", "mrr@10"))])
         for patience in args.patience_grid:
             kept = [replay(r["history"], patience) for r in per_seed]
             lost = [r["valid_no_tta"]["ndcg@10"] - k[0] for r, k in zip(per_seed, kept)]
@@ -141,7 +144,11 @@ def main() -> None:
                               "best step", "steps", "train s"], rows)
             + "\n\nShorter patience replayed on the same validation curves: validation NDCG@10 lost against "
               "the full run, and the step where training would have stopped.\n\n"
-            + markdown_table(["run", "patience (steps)", "valid NDCG@10 lost", "stops at step"], replays) + "\n")
+            + markdown_table(["run", "patience (steps)", "valid NDCG@10 lost", "stops at step"], replays)
+            + "\n\nWhere the hits rank: Recall@10 counts the targets in the top 10, MRR@10 rewards the top "
+              "places (two runs with the same NDCG@10 can trade one for the other).\n\n"
+            + markdown_table(["run", "valid Recall@10", "valid MRR@10", "test Recall@10", "test MRR@10"], profiles)
+            + "\n")
     write_text(args.out / "regime.md", text)
     print(text)
 

@@ -1,4 +1,5 @@
 """benchmarks/regime.py end to end on a tiny file: runs, tables, replayed patience and subsampling."""
+import json
 import sys
 
 from t2arec.data.synthetic import make_synthetic
@@ -29,7 +30,11 @@ def test_the_study_runs_its_variants_and_writes_the_tables(tmp_path, monkeypatch
     regime.main()
     text = (out / "regime.md").read_text()
     assert "| gru4rec | train.stride_fraction=0.5 |" in text and "| gru4rec | defaults |" in text
-    assert text.count("| gru4rec+train.stride_fraction=0.5 |") == 2 and "| gru4rec | 3 |" in text  # replayed rows
+    # two replayed rows and one row of where the hits rank
+    assert text.count("| gru4rec+train.stride_fraction=0.5 |") == 3 and "| gru4rec | 3 |" in text
+    run = json.loads((out / "runs" / "gru4rec" / "seed-1" / "results.json").read_text())
+    profile = [run[split][metric] for split in ("valid_no_tta", "test_no_tta") for metric in ("recall@10", "mrr@10")]
+    assert "| gru4rec | " + " | ".join(f"{value:.4f}" for value in profile) + " |" in text
     assert len(list((out / "data").glob("*.inter"))) == 1  # the subsampled copy, outside the repository
 
 
