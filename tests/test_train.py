@@ -39,6 +39,19 @@ def fake_scores(monkeypatch, scores):
     monkeypatch.setattr(train_module, "evaluate", lambda *args, **kwargs: Result())
 
 
+def interrupt_epoch(monkeypatch, nth):
+    """Make the nth call of run_epoch raise KeyboardInterrupt, as a crash mid-run would."""
+    real_epoch, calls = train_module.run_epoch, []
+
+    def crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == nth:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "run_epoch", crash)
+
+
 def test_validation_follows_steps_not_epochs(data, monkeypatch):
     model, windows, valid, cfg = setup_model(data, epochs=12, batch_size=64, eval_steps=7, patience_steps=1000)
     per_epoch = steps_per_epoch(windows, cfg.train)
@@ -92,21 +105,13 @@ def test_a_resumed_run_keeps_its_decayed_learning_rate(data, tmp_path, monkeypat
     fake_scores(monkeypatch, scores)
     straight = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)
 
-    real_epoch, calls = train_module.run_epoch, []
-
-    def crash_on_seventh(*args, **kwargs):  # after the first decay (step 5), before the second (step 8)
-        calls.append(1)
-        if len(calls) == 7:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
     state = tmp_path / "train_state.pt"
     model, windows, valid, cfg = fresh()
     fake_scores(monkeypatch, scores)
-    monkeypatch.setattr(train_module, "run_epoch", crash_on_seventh)
-    with pytest.raises(KeyboardInterrupt):
-        train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False, state_path=state)
-    monkeypatch.setattr(train_module, "run_epoch", real_epoch)
+    with monkeypatch.context() as crashing:
+        interrupt_epoch(crashing, 7)  # after the first decay (step 5), before the second (step 8)
+        with pytest.raises(KeyboardInterrupt):
+            train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False, state_path=state)
     model, windows, valid, cfg = fresh()
     fake_scores(monkeypatch, scores[6:])  # the validations the crashed run did not reach
     resumed = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False, state_path=state)
@@ -151,21 +156,13 @@ def test_an_interrupted_run_resumes_exactly(data, tmp_path, monkeypatch, name):
     straight = train(model, windows, valid, cfg.train, AlignConfig(), seed=4, progress=False)
     expected = {k: v.clone() for k, v in model.state_dict().items()}
 
-    real_epoch, calls = train_module.run_epoch, []
-
-    def crash_on_third(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real_epoch(*args, **kwargs)
-
     state = tmp_path / "train_state.pt"
     model, windows, valid, cfg = fresh()
-    monkeypatch.setattr(train_module, "run_epoch", crash_on_third)
-    with pytest.raises(KeyboardInterrupt):
-        train(model, windows, valid, cfg.train, AlignConfig(), seed=4, progress=False, state_path=state,
-              fingerprint={"run": 1})
-    monkeypatch.setattr(train_module, "run_epoch", real_epoch)
+    with monkeypatch.context() as crashing:
+        interrupt_epoch(crashing, 3)
+        with pytest.raises(KeyboardInterrupt):
+            train(model, windows, valid, cfg.train, AlignConfig(), seed=4, progress=False, state_path=state,
+                  fingerprint={"run": 1})
     torch.manual_seed(123)  # the global generator is restored from the state, whatever it is now
     model, windows, valid, cfg = fresh()
     resumed = train(model, windows, valid, cfg.train, AlignConfig(), seed=4, progress=False, state_path=state,
