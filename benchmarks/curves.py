@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from t2arec.experiments.store import write_text
+from t2arec.train import validation_points
 
 METRIC = "valid_ndcg@10"
 
@@ -74,7 +75,7 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, p in runs.items():
-        points = [(r["step"], r[METRIC]) for r in p["history"] if METRIC in r]
+        points = validation_points(p["history"])
         ax.plot(*zip(*points), label=name)
     ax.set_xlabel("optimiser steps")
     ax.set_ylabel("validation NDCG@10")

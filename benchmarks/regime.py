@@ -32,6 +32,7 @@ from t2arec.experiments.report import markdown_table
 from t2arec.experiments.store import Variant, build_config, ensure_runs, write_text
 from t2arec.pipeline import load_data
 from t2arec.runtime import flush_denormals, keep_freed_memory
+from t2arec.train import validation_points
 
 
 def subsample(path: Path, users: int, seed: int, out: Path) -> Path:
@@ -70,13 +71,11 @@ def parse_variant(text: str) -> Variant:
 def replay(history: list[dict[str, Any]], patience: int) -> tuple[float, int, int]:
     """(best validation NDCG@10, its step, the step training stops at) had the patience been ``patience``."""
     best, best_step, stop = -1.0, 0, 0
-    for row in history:
-        if "valid_ndcg@10" not in row:
-            continue
-        stop = row["step"]
-        if row["valid_ndcg@10"] > best:
-            best, best_step = row["valid_ndcg@10"], row["step"]
-        if row["step"] - best_step >= patience:
+    for step, score in validation_points(history):
+        stop = step
+        if score > best:
+            best, best_step = score, step
+        if step - best_step >= patience:
             break
     return best, best_step, stop
 

@@ -15,6 +15,17 @@ def test_replay_stops_where_a_shorter_patience_would_have():
     assert regime.replay(history, 20) == (0.5, 50, 50)
 
 
+def test_replay_sees_the_validations_inside_epochs():
+    regime = load_benchmark("regime")
+    # an epoch row's valid_ndcg@10 is its last validation; the replay must step through all of them
+    history = [{"step": 40, "valid_ndcg@10": 0.2, "validations": [{"step": 20, "ndcg@10": 0.5},
+                                                                  {"step": 40, "ndcg@10": 0.2}]},
+               {"step": 80, "valid_ndcg@10": 0.6, "validations": [{"step": 60, "ndcg@10": 0.3},
+                                                                  {"step": 80, "ndcg@10": 0.6}]}]
+    assert regime.replay(history, 40) == (0.5, 20, 60)
+    assert regime.replay(history, 100) == (0.6, 80, 80)
+
+
 def test_the_study_runs_its_variants_and_writes_the_tables(tmp_path, monkeypatch):
     regime = load_benchmark("regime")
     frame = make_synthetic(num_users=50, num_items=30, seed=1).frame

@@ -68,6 +68,62 @@ def test_validation_follows_steps_not_epochs(data, monkeypatch):
     assert result.best_step == steps[-1] and result.steps == steps[-1]
 
 
+def validation_steps(history):
+    """Every step at which a run validated, from its history."""
+    steps = []
+    for row in history:
+        steps += [v["step"] for v in row["validations"]] if "validations" in row else (
+            [row["step"]] if "valid_ndcg@10" in row else [])
+    return steps
+
+
+def test_long_epochs_validate_inside_only_when_asked(data, monkeypatch):
+    settings = dict(epochs=3, batch_size=8, eval_steps=5, patience_steps=1000)
+    model, windows, valid, cfg = setup_model(data, **settings)
+    per_epoch = steps_per_epoch(windows, cfg.train)
+    assert per_epoch == 34  # epochs longer than eval_steps, and not a multiple of it
+    fake_scores(monkeypatch, [0.01 * i for i in range(1, 100)])
+    once = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)
+    assert validation_steps(once.history) == [34, 68, 102]  # the default: once per long epoch
+    assert all("validations" not in row for row in once.history)
+
+    model, windows, valid, cfg = setup_model(data, validate_within_epochs=True, **settings)
+    fake_scores(monkeypatch, [0.01 * i for i in range(1, 100)])
+    inside = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)
+    # every multiple of 5, inside the epochs, and the end of the last epoch
+    assert validation_steps(inside.history) == [*range(5, 102, 5), 102]
+    assert [row["step"] for row in inside.history] == [34, 68, 102]
+    first = inside.history[0]
+    assert first["valid_ndcg@10"] == first["validations"][-1]["ndcg@10"]  # the epoch's last validation
+    assert inside.best_step == 102
+
+
+def test_patience_can_stop_inside_an_epoch(data, monkeypatch):
+    model, windows, valid, cfg = setup_model(data, epochs=3, batch_size=8, eval_steps=5, patience_steps=10,
+                                             validate_within_epochs=True)
+    fake_scores(monkeypatch, [0.5, 0.6, 0.4, 0.3] + [0.1] * 100)  # best at step 10, patience out at 20
+    result = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)
+    assert result.best_step == 10 and result.steps == 20
+    assert len(result.history) == 1 and result.history[0]["step"] == 20
+    assert validation_steps(result.history) == [5, 10, 15, 20]
+
+
+def test_training_goes_on_in_train_mode_after_a_validation_inside_the_epoch(data):
+    model, windows, valid, cfg = setup_model(data, "t2arec", epochs=1, batch_size=8, eval_steps=5,
+                                             validate_within_epochs=True)
+    modes = []
+    losses = model.training_losses
+
+    def recording(batch):
+        modes.append(model.training)
+        return losses(batch)
+
+    model.training_losses = recording
+    result = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)
+    assert len(validation_steps(result.history)) == 7  # the real evaluation ran, in eval mode
+    assert len(modes) == 34 and all(modes)
+
+
 def test_patience_counts_steps_since_the_best_validation(data, monkeypatch):
     model, windows, valid, cfg = setup_model(data, epochs=100, batch_size=64, eval_steps=1, patience_steps=7)
     per_epoch = steps_per_epoch(windows, cfg.train)
@@ -147,10 +203,12 @@ def test_window_repeats_show_every_window_that_many_times_per_epoch(data):
     assert steps_per_epoch(windows, cfg.train) == -(-3 * len(windows) // 7)
 
 
-@pytest.mark.parametrize("name", ["t2arec", "bert4rec"])  # dropout and Cloze masks both draw random numbers
-def test_an_interrupted_run_resumes_exactly(data, tmp_path, monkeypatch, name):
+# dropout and Cloze masks both draw random numbers; validations inside epochs must not disturb them
+@pytest.mark.parametrize(("name", "within"), [("t2arec", False), ("bert4rec", False), ("t2arec", True)])
+def test_an_interrupted_run_resumes_exactly(data, tmp_path, monkeypatch, name, within):
     def fresh():
-        return setup_model(data, name, epochs=5, batch_size=32, eval_steps=3, patience_steps=1000)
+        return setup_model(data, name, epochs=5, batch_size=32, eval_steps=3, patience_steps=1000,
+                           validate_within_epochs=within)
 
     model, windows, valid, cfg = fresh()
     straight = train(model, windows, valid, cfg.train, AlignConfig(), seed=4, progress=False)

@@ -5,8 +5,9 @@ written after every epoch.
 Work is counted in optimiser steps, not epochs: an epoch of non-overlapping windows is about 15 steps
 on a small log of long histories and thousands on a large one, so "10 epochs of patience" would mean
 anything from 150 steps to a day. Validation runs after the epoch in which the step count passes a
-multiple of ``eval_steps`` (so once per epoch when epochs are long), and training stops once
-``patience_steps`` steps have gone by without a better validation NDCG@10. With ``lr_decay < 1`` the
+multiple of ``eval_steps`` (so once per epoch when epochs are long; with ``validate_within_epochs``
+a longer epoch validates inside it, at every multiple), and training stops once ``patience_steps``
+steps have gone by without a better validation NDCG@10. With ``lr_decay < 1`` the
 learning rate is multiplied by it whenever ``lr_plateau_steps`` steps have gone by without a better
 validation since the best or the last decay (PyTorch's ReduceLROnPlateau, counted in steps).
 
@@ -26,6 +27,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -70,20 +72,36 @@ class Progress:
     last_decay_step: int = 0  # when the learning rate was last decayed (0: never)
 
 
+def validation_points(history: list[dict[str, Any]], metric: str = "ndcg@10") -> list[tuple[int, float]]:
+    """(step, validation ``metric``) of every validation in a training history, in order: an epoch's
+    row holds one at its end, or under "validations" all those made inside it."""
+    points: list[tuple[int, float]] = []
+    for row in history:
+        if "validations" in row:
+            points += [(v["step"], v[metric]) for v in row["validations"]]
+        elif f"valid_{metric}" in row:
+            points.append((row["step"], row[f"valid_{metric}"]))
+    return points
+
+
 def steps_per_epoch(windows: Examples, cfg: TrainConfig) -> int:
     return math.ceil(len(windows) * cfg.window_repeats / cfg.batch_size)
 
 
 def run_epoch(model: SequentialRecommender, windows: Examples, optimizer: torch.optim.Optimizer,
               cfg: TrainConfig, rng: np.random.Generator, device: torch.device | str,
-              shared: torch.nn.Module | None = None) -> dict[str, float]:
+              shared: torch.nn.Module | None = None,
+              after_step: Callable[[int], bool] | None = None) -> dict[str, float]:
     """One pass over all windows (``window_repeats`` times each) in a random order; the mean of each loss.
 
     ``shared``: the model's loss under DistributedDataParallel (``distributed.wrap_for_training``);
     each global batch of ``cfg.batch_size`` windows is then split across the ranks, and the losses
     returned are those of the global batches, the same on every rank.
+    ``after_step``: called with the number of steps taken so far in this epoch after each step; when
+    it returns True the epoch ends there (the means are then over the steps taken).
     """
-    (model if shared is None else shared).train()
+    trained = model if shared is None else shared
+    trained.train()
     order = rng.permutation(np.tile(np.arange(len(windows)), cfg.window_repeats))
     sums: dict[str, float] = {}
     batches = 0
@@ -103,6 +121,8 @@ def run_epoch(model: SequentialRecommender, windows: Examples, optimizer: torch.
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + float(value.detach())
         batches += 1
+        if after_step is not None and after_step(batches):  # (evaluation restores the train mode)
+            break
     return {name: total / max(batches, 1) for name, total in sums.items()}
 
 
@@ -157,6 +177,25 @@ def _load_state(path: Path, payload: dict[str, Any], model: SequentialRecommende
     return payload["best_model"], Progress(**payload["progress"])
 
 
+def _validate(model: SequentialRecommender, valid: Examples, align: AlignConfig, cfg: TrainConfig,
+              optimizer: torch.optim.Optimizer, done: Progress, epoch: int, best_state: dict[str, Any],
+              device: torch.device | str) -> tuple[dict[str, float], dict[str, Any]]:
+    """Validate at ``done.step``: keep the weights when NDCG@10 is the best yet, then decide whether
+    patience ran out and whether the learning rate decays. Returns the metrics and the best weights."""
+    valid_align = align if cfg.validate_aligned else None
+    metrics = evaluate(model, valid, valid_align, batch_size=align.batch_size, device=device).metrics
+    done.last_eval_step = done.step
+    if metrics["ndcg@10"] > done.best_score:
+        best_state = copy.deepcopy(model.state_dict())
+        done.best_score, done.best_step, done.best_epoch = metrics["ndcg@10"], done.step, epoch
+        done.best_valid = metrics
+    done.stopped = done.step - done.best_step >= cfg.patience_steps
+    if not done.stopped and _plateau_reached(done, cfg):
+        _decay_learning_rate(optimizer, cfg.lr_decay)
+        done.last_decay_step = done.step
+    return metrics, best_state
+
+
 def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg: TrainConfig,
           align: AlignConfig, seed: int, device: torch.device | str = "cpu", progress: bool = True,
           state_path: str | Path | None = None, fingerprint: dict[str, Any] | None = None) -> TrainResult:
@@ -179,28 +218,37 @@ def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg:
     per_epoch = steps_per_epoch(windows, cfg)
     bar = tqdm(range(done.epoch + 1, cfg.epochs + 1), desc="train", disable=not progress, unit="epoch",
                initial=done.epoch, total=cfg.epochs)
+    # inside a long epoch, validate at every multiple of eval_steps (train.validate_within_epochs)
+    within = cfg.validate_within_epochs and per_epoch > cfg.eval_steps
     for epoch in bar:
         if done.stopped:
             break
-        epoch_start = time.perf_counter()
+        epoch_start, first_step = time.perf_counter(), done.step
+        inside: list[dict[str, float]] = []  # validations inside this epoch
+
+        def validate_inside(taken: int) -> bool:
+            nonlocal best_state
+            done.step = first_step + taken
+            if done.step % cfg.eval_steps:
+                return False
+            metrics, best_state = _validate(model, valid, align, cfg, optimizer, done, epoch, best_state, device)
+            inside.append({"step": done.step, **metrics})
+            return done.stopped
+
         if shared is not None:
             torch.manual_seed(distributed.epoch_seed(seed, epoch))
-        losses = run_epoch(model, windows, optimizer, cfg, rng, device, shared)
-        done.epoch, done.step = epoch, done.step + per_epoch
-        row = {"epoch": epoch, "step": done.step, **{f"loss_{k}": v for k, v in losses.items()}}
-        if done.step // cfg.eval_steps > done.last_eval_step // cfg.eval_steps or epoch == cfg.epochs:
-            valid_align = align if cfg.validate_aligned else None
-            metrics = evaluate(model, valid, valid_align, batch_size=align.batch_size, device=device).metrics
-            row.update({f"valid_{k}": v for k, v in metrics.items()})
-            done.last_eval_step = done.step
-            if metrics["ndcg@10"] > done.best_score:
-                best_state = copy.deepcopy(model.state_dict())
-                done.best_score, done.best_step, done.best_epoch = metrics["ndcg@10"], done.step, epoch
-                done.best_valid = metrics
-            done.stopped = done.step - done.best_step >= cfg.patience_steps
-            if not done.stopped and _plateau_reached(done, cfg):
-                _decay_learning_rate(optimizer, cfg.lr_decay)
-                done.last_decay_step = done.step
+        losses = run_epoch(model, windows, optimizer, cfg, rng, device, shared, validate_inside if within else None)
+        done.epoch = epoch
+        done.step = done.step if within else first_step + per_epoch
+        row: dict[str, Any] = {"epoch": epoch, "step": done.step, **{f"loss_{k}": v for k, v in losses.items()}}
+        passed_multiple = done.step // cfg.eval_steps > done.last_eval_step // cfg.eval_steps
+        if not done.stopped and (passed_multiple or (epoch == cfg.epochs and done.last_eval_step < done.step)):
+            metrics, best_state = _validate(model, valid, align, cfg, optimizer, done, epoch, best_state, device)
+            inside.append({"step": done.step, **metrics})
+        if inside:  # the epoch's row shows its last validation; "validations" lists each of them
+            row.update({f"valid_{k}": v for k, v in inside[-1].items() if k != "step"})
+            if within:
+                row["validations"] = inside
         row["lr"] = optimizer.param_groups[0]["lr"]  # after this epoch's validation: the next epoch's rate
         row["seconds"] = time.perf_counter() - epoch_start
         done.history.append(row)
