@@ -29,7 +29,8 @@ def run_config(batch_size: int) -> RunConfig:
     cfg = RunConfig()
     apply_overrides(cfg, [f"data.synthetic_users={USERS}", f"data.max_len={MAX_LEN}", "model.dropout=0",
                           "train.epochs=3", f"train.batch_size={batch_size}", "train.eval_steps=1",
-                          "align.lr_grid=0.5,5"])
+                          # a validation after every step, between the ranks' synchronised steps
+                          "train.validate_within_epochs=true", "align.lr_grid=0.5,5"])
     return cfg
 
 
@@ -113,6 +114,18 @@ def test_two_processes_train_with_the_loss_of_one(runs):
     # every rank reports the global batch's losses, not its own slice's
     on_rank1 = losses_per_epoch(runs[2], rank=1)
     assert all(np.array_equal(on_rank1[name], two[name]) for name in two)
+
+
+def test_two_processes_validate_inside_epochs_as_one_does(runs):
+    def validations(folder, rank=0):
+        history = json.loads((folder / f"history_rank{rank}.json").read_text())
+        return [(v["step"], v["ndcg@10"]) for row in history for v in row["validations"]]
+
+    one = validations(runs[1])
+    assert [step for step, _ in one] == list(range(1, len(one) + 1)) and len(one) > 3
+    for got in (validations(runs[2]), validations(runs[2], rank=1)):
+        assert [step for step, _ in got] == [step for step, _ in one]
+        np.testing.assert_allclose([v for _, v in got], [v for _, v in one], rtol=0, atol=1e-6)
 
 
 def test_sharded_evaluation_gives_the_ranks_of_one_process(runs):
