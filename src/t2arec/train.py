@@ -25,9 +25,9 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -224,7 +224,7 @@ def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg:
         if done.stopped:
             break
         epoch_start, first_step = time.perf_counter(), done.step
-        inside: list[dict[str, float]] = []  # validations inside this epoch
+        validations: list[dict[str, float]] = []  # this epoch's, with their steps
 
         def validate_inside(taken: int) -> bool:
             nonlocal best_state
@@ -232,7 +232,7 @@ def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg:
             if done.step % cfg.eval_steps:
                 return False
             metrics, best_state = _validate(model, valid, align, cfg, optimizer, done, epoch, best_state, device)
-            inside.append({"step": done.step, **metrics})
+            validations.append({"step": done.step, **metrics})
             return done.stopped
 
         if shared is not None:
@@ -244,11 +244,11 @@ def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg:
         passed_multiple = done.step // cfg.eval_steps > done.last_eval_step // cfg.eval_steps
         if not done.stopped and (passed_multiple or (epoch == cfg.epochs and done.last_eval_step < done.step)):
             metrics, best_state = _validate(model, valid, align, cfg, optimizer, done, epoch, best_state, device)
-            inside.append({"step": done.step, **metrics})
-        if inside:  # the epoch's row shows its last validation; "validations" lists each of them
-            row.update({f"valid_{k}": v for k, v in inside[-1].items() if k != "step"})
+            validations.append({"step": done.step, **metrics})
+        if validations:  # the epoch's row shows its last validation; "validations" lists each of them
+            row.update({f"valid_{k}": v for k, v in validations[-1].items() if k != "step"})
             if within:
-                row["validations"] = inside
+                row["validations"] = validations
         row["lr"] = optimizer.param_groups[0]["lr"]  # after this epoch's validation: the next epoch's rate
         row["seconds"] = time.perf_counter() - epoch_start
         done.history.append(row)
