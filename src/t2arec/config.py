@@ -53,9 +53,9 @@ class TrainConfig:
     lr_plateau_steps: int = 1000
     weight_decay: float = 0.0
     eval_steps: int = 200  # validate after the epoch in which the step count passes a multiple of this
-    # also validate inside epochs longer than eval_steps, at every multiple of it (off: the behaviour
-    # every stored run was trained with, where a long epoch validates once, so 2,000 steps of patience
-    # are only 3 validations at 855 steps per epoch; docs/ml1m_regime.md, "Validations of patience")
+    # also validate inside epochs longer than eval_steps, at every multiple of it (off: how the runs of
+    # every table were trained, where a long epoch validates once, so 2,000 steps of patience are only
+    # 3 validations at 855 steps per epoch; docs/ml1m_regime.md, "Validations of patience")
     validate_within_epochs: bool = False
     patience_steps: int = 2000  # stop once this many optimiser steps have gone by without a better validation
     mu_time: float = 0.1  # mu1_train
