@@ -98,6 +98,20 @@ def test_long_epochs_validate_inside_only_when_asked(data, monkeypatch):
     assert inside.best_step == 102
 
 
+def test_validations_inside_epochs_leave_the_training_unchanged(data):
+    """Validation draws no random numbers: with it inside the epochs, the run trains exactly as without."""
+    runs = []
+    for within in (False, True):
+        model, windows, valid, cfg = setup_model(data, "t2arec", epochs=2, batch_size=8, eval_steps=5,
+                                                 patience_steps=1000, validate_within_epochs=within)
+        runs.append(train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False).history)
+    without, inside = runs
+    assert len(validation_steps(inside)) == 14 > len(validation_steps(without)) == 2
+    for key in ("loss_total", "loss_rec"):  # each epoch's losses, dropout draws and all
+        assert [row[key] for row in inside] == [row[key] for row in without], key
+    assert inside[-1]["valid_ndcg@10"] == without[-1]["valid_ndcg@10"]  # both validate at the last step
+
+
 def test_patience_can_stop_inside_an_epoch(data, monkeypatch):
     model, windows, valid, cfg = setup_model(data, epochs=3, batch_size=8, eval_steps=5, patience_steps=10,
                                              validate_within_epochs=True)
