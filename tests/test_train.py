@@ -77,17 +77,17 @@ def validation_steps(history):
     return steps
 
 
-def test_long_epochs_validate_inside_only_when_asked(data, monkeypatch):
+def test_long_epochs_validate_inside_unless_told_not_to(data, monkeypatch):
     settings = dict(epochs=3, batch_size=8, eval_steps=5, patience_steps=1000)
-    model, windows, valid, cfg = setup_model(data, **settings)
+    model, windows, valid, cfg = setup_model(data, validate_within_epochs=False, **settings)
     per_epoch = steps_per_epoch(windows, cfg.train)
     assert per_epoch == 34  # epochs longer than eval_steps, and not a multiple of it
     fake_scores(monkeypatch, [0.01 * i for i in range(1, 100)])
     once = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)
-    assert validation_steps(once.history) == [34, 68, 102]  # the default: once per long epoch
+    assert validation_steps(once.history) == [34, 68, 102]  # switched off: once per long epoch
     assert all("validations" not in row for row in once.history)
 
-    model, windows, valid, cfg = setup_model(data, validate_within_epochs=True, **settings)
+    model, windows, valid, cfg = setup_model(data, **settings)  # the default
     fake_scores(monkeypatch, [0.01 * i for i in range(1, 100)])
     inside = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)
     # every multiple of 5, inside the epochs, and the end of the last epoch
@@ -139,7 +139,10 @@ def test_training_goes_on_in_train_mode_after_a_validation_inside_the_epoch(data
 
 
 def test_patience_counts_steps_since_the_best_validation(data, monkeypatch):
-    model, windows, valid, cfg = setup_model(data, epochs=100, batch_size=64, eval_steps=1, patience_steps=7)
+    # validations at epoch ends only, so patience runs out at the first epoch end past it
+    # (inside epochs it stops on the step: test_patience_can_stop_inside_an_epoch)
+    model, windows, valid, cfg = setup_model(data, epochs=100, batch_size=64, eval_steps=1, patience_steps=7,
+                                             validate_within_epochs=False)
     per_epoch = steps_per_epoch(windows, cfg.train)
     fake_scores(monkeypatch, [0.5, 0.6, 0.4] + [0.1] * 100)  # best at the 2nd validation, then worse
     result = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)

@@ -4,10 +4,10 @@ written after every epoch.
 
 Work is counted in optimiser steps, not epochs: an epoch of non-overlapping windows is about 15 steps
 on a small log of long histories and thousands on a large one, so "10 epochs of patience" would mean
-anything from 150 steps to a day. Validation runs after the epoch in which the step count passes a
-multiple of ``eval_steps`` (so once per epoch when epochs are long; with ``validate_within_epochs``
-a longer epoch validates inside it, at every multiple), and training stops once ``patience_steps``
-steps have gone by without a better validation NDCG@10. With ``lr_decay < 1`` the
+anything from 150 steps to a day. Validation runs at every multiple of ``eval_steps``: inside an
+epoch longer than that (``validate_within_epochs``, on by default; off, a long epoch validates only
+at its end), at the end of a shorter epoch whose steps pass a multiple. Training stops once
+``patience_steps`` steps have gone by without a better validation NDCG@10. With ``lr_decay < 1`` the
 learning rate is multiplied by it whenever ``lr_plateau_steps`` steps have gone by without a better
 validation since the best or the last decay (PyTorch's ReduceLROnPlateau, counted in steps).
 

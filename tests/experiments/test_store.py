@@ -79,3 +79,42 @@ def test_model_scoped_overrides_reach_that_model_only_and_name_its_folder(tmp_pa
     assert t2arec.train.stride == 0
     assert run_dir(setup, Variant("sasrec"), 1).parent.name == "sasrec+train.stride=5+model.hidden_dropout=0.2"
     assert run_dir(setup, Variant("t2arec"), 1).parent.name == "t2arec"
+
+
+def _store_run_made_before_validations_inside_epochs(setup, variant, seed, first_epoch_steps):
+    """Rewrite a stored run as if made before ``train.validate_within_epochs`` existed (its default
+    was then the behaviour of ``false``), with epochs of ``first_epoch_steps`` steps."""
+    path = run_dir(setup, variant, seed) / "results.json"
+    results = json.loads(path.read_text())
+    del results["config"]["train"]["validate_within_epochs"]
+    results["history"] = [{"epoch": 1, "step": first_epoch_steps}, {"epoch": 2, "step": 2 * first_epoch_steps}]
+    path.write_text(json.dumps(results))
+
+
+def test_a_run_older_than_validations_inside_epochs_validated_at_epoch_ends(tmp_path, monkeypatch):
+    """Its long epochs validated once each: it is the run of ``false``, not of today's default."""
+    calls = []
+    monkeypatch.setattr(store, "run", fake_run(calls))
+    setup = Setup(out=tmp_path, overrides=TINY, progress=False)
+    ensure_run(setup, Variant("sasrec"), 7)
+    _store_run_made_before_validations_inside_epochs(setup, Variant("sasrec"), 7, first_epoch_steps=855)
+    with pytest.raises(ExperimentError, match="train.validate_within_epochs"):
+        ensure_run(setup, Variant("sasrec"), 7)  # the default is now on
+    as_made = Setup(out=tmp_path, overrides=[*TINY, "train.validate_within_epochs=false"], progress=False)
+    ensure_run(as_made, Variant("sasrec"), 7)
+    assert calls == [7]
+
+
+def test_a_run_older_than_the_option_with_short_epochs_matches_either_value(tmp_path, monkeypatch):
+    """No epoch longer than eval_steps: the option changes nothing, so the run is not trained again."""
+    calls = []
+    monkeypatch.setattr(store, "run", fake_run(calls))
+    setup = Setup(out=tmp_path, overrides=TINY, progress=False)
+    ensure_run(setup, Variant("t2arec"), 7)
+    _store_run_made_before_validations_inside_epochs(setup, Variant("t2arec"), 7, first_epoch_steps=200)
+    ensure_run(setup, Variant("t2arec"), 7)
+    ensure_run(Setup(out=tmp_path, overrides=[*TINY, "train.validate_within_epochs=false"], progress=False),
+               Variant("t2arec"), 7)
+    assert calls == [7]
+    with pytest.raises(ExperimentError, match="train.lr"):  # other options are still compared
+        ensure_run(Setup(out=tmp_path, overrides=[*TINY, "train.lr=0.01"], progress=False), Variant("t2arec"), 7)

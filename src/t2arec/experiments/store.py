@@ -12,6 +12,7 @@ configuration equals the requested one; otherwise it is an error, never a silent
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import re
@@ -119,6 +120,27 @@ def _differences(stored: dict[str, Any], wanted: dict[str, Any], defaults: dict[
     return diffs
 
 
+def as_the_run_behaved(stored: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
+    """A stored run's configuration, with ``train.validate_within_epochs`` filled in when the run
+    predates that option.
+
+    The option's default changed from off to on after many runs were stored without it, so the
+    general rule of ``_differences`` (a missing key holds today's default) would be false for it:
+    those runs validated at epoch ends only. When none of their epochs was longer than
+    ``train.eval_steps``, that is exactly what the option does too, so such a run matches either value.
+    """
+    config = copy.deepcopy(stored.get("config", {}))
+    train = config.get("train")
+    if not isinstance(train, dict) or "validate_within_epochs" in train:
+        return config
+    history = stored.get("history") or []
+    first_epoch_steps = history[0].get("step") if history else None  # cumulative: the steps of one epoch
+    eval_steps = train.get("eval_steps", wanted["train"]["eval_steps"])
+    short_epochs = first_epoch_steps is not None and first_epoch_steps <= eval_steps
+    train["validate_within_epochs"] = wanted["train"]["validate_within_epochs"] if short_epochs else False
+    return config
+
+
 def run_dir(setup: Setup, variant: Variant, seed: int) -> Path:
     """Model-scoped overrides are part of the folder name, like the variant's own."""
     scoped = setup.scoped_overrides(variant.model)
@@ -134,7 +156,7 @@ def ensure_run(setup: Setup, variant: Variant, seed: int) -> dict[str, Any]:
     if results_path.exists():
         stored = json.loads(results_path.read_text())
         wanted = _normalised(cfg)
-        stored_cfg = stored.get("config", {})
+        stored_cfg = as_the_run_behaved(stored, wanted)
         if wanted["align"]["lr_grid"]:  # the run chose its own step size on validation
             wanted["align"]["lr"] = stored_cfg.get("align", {}).get("lr")
         diffs = _differences(stored_cfg, wanted, _default_config(variant.model))
