@@ -19,10 +19,7 @@ def fake_run(calls):
 
 
 def test_a_finished_run_is_reused_and_never_retrained(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(store, "run", fake_run(calls))
-    setup = Setup(out=tmp_path, overrides=TINY, progress=False)
-    ensure_run(setup, Variant("sasrec"), 7)
+    setup, calls = _one_stored_run(tmp_path, monkeypatch, "sasrec")
     ensure_run(setup, Variant("sasrec"), 7)
     assert calls == [7]
     assert (run_dir(setup, Variant("sasrec"), 7) / "results.json").exists()
@@ -36,6 +33,15 @@ def test_a_folder_holding_another_configuration_is_an_error(tmp_path, monkeypatc
         ensure_run(other, Variant("sasrec"), 7)
 
 
+def _one_stored_run(tmp_path, monkeypatch, model):
+    """A finished (fake) run of ``model``, seed 7, and the list of seeds trained so far."""
+    calls = []
+    monkeypatch.setattr(store, "run", fake_run(calls))
+    setup = Setup(out=tmp_path, overrides=TINY, progress=False)
+    ensure_run(setup, Variant(model), 7)
+    return setup, calls
+
+
 def _drop_stored_field(setup, variant, seed, section, key):
     """Edit a stored results.json as if its run predated the option ``section.key``."""
     path = run_dir(setup, variant, seed) / "results.json"
@@ -45,10 +51,7 @@ def _drop_stored_field(setup, variant, seed, section, key):
 
 
 def test_a_run_older_than_an_option_is_reused_at_its_default_and_only_there(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(store, "run", fake_run(calls))
-    setup = Setup(out=tmp_path, overrides=TINY, progress=False)
-    ensure_run(setup, Variant("t2arec"), 7)
+    setup, calls = _one_stored_run(tmp_path, monkeypatch, "t2arec")
     _drop_stored_field(setup, Variant("t2arec"), 7, "model", "num_heads")
     ensure_run(setup, Variant("t2arec"), 7)  # num_heads at its default: the same run
     assert calls == [7]
@@ -84,19 +87,16 @@ def test_model_scoped_overrides_reach_that_model_only_and_name_its_folder(tmp_pa
 def _store_run_made_before_validations_inside_epochs(setup, variant, seed, first_epoch_steps):
     """Rewrite a stored run as if made before ``train.validate_within_epochs`` existed (its default
     was then the behaviour of ``false``), with epochs of ``first_epoch_steps`` steps."""
+    _drop_stored_field(setup, variant, seed, "train", "validate_within_epochs")
     path = run_dir(setup, variant, seed) / "results.json"
     results = json.loads(path.read_text())
-    del results["config"]["train"]["validate_within_epochs"]
     results["history"] = [{"epoch": 1, "step": first_epoch_steps}, {"epoch": 2, "step": 2 * first_epoch_steps}]
     path.write_text(json.dumps(results))
 
 
 def test_a_run_older_than_validations_inside_epochs_validated_at_epoch_ends(tmp_path, monkeypatch):
     """Its long epochs validated once each: it is the run of ``false``, not of today's default."""
-    calls = []
-    monkeypatch.setattr(store, "run", fake_run(calls))
-    setup = Setup(out=tmp_path, overrides=TINY, progress=False)
-    ensure_run(setup, Variant("sasrec"), 7)
+    setup, calls = _one_stored_run(tmp_path, monkeypatch, "sasrec")
     _store_run_made_before_validations_inside_epochs(setup, Variant("sasrec"), 7, first_epoch_steps=855)
     with pytest.raises(ExperimentError, match="train.validate_within_epochs"):
         ensure_run(setup, Variant("sasrec"), 7)  # the default is now on
@@ -107,10 +107,7 @@ def test_a_run_older_than_validations_inside_epochs_validated_at_epoch_ends(tmp_
 
 def test_a_run_older_than_the_option_with_short_epochs_matches_either_value(tmp_path, monkeypatch):
     """No epoch longer than eval_steps: the option changes nothing, so the run is not trained again."""
-    calls = []
-    monkeypatch.setattr(store, "run", fake_run(calls))
-    setup = Setup(out=tmp_path, overrides=TINY, progress=False)
-    ensure_run(setup, Variant("t2arec"), 7)
+    setup, calls = _one_stored_run(tmp_path, monkeypatch, "t2arec")
     _store_run_made_before_validations_inside_epochs(setup, Variant("t2arec"), 7, first_epoch_steps=200)
     ensure_run(setup, Variant("t2arec"), 7)
     ensure_run(Setup(out=tmp_path, overrides=[*TINY, "train.validate_within_epochs=false"], progress=False),
