@@ -238,10 +238,11 @@ def assemble(docs: Path) -> None:
             "starts with the command that made it, run from the repository root "
             f"({machine}). Protocol: `shared/spec/t2arec.md` (10-core unless a section says otherwise, "
             "leave-one-out, full ranking, pessimistic ties). Finished runs live in the command's `--out` and "
-            "are reused (MovieLens-1M and Amazon runs' results.json are committed under `experiments/results/`); "
-            "the step size of test-time alignment is chosen on the validation split for every trained model. "
-            "A command with `--set train.validate_within_epochs=false` reuses runs trained before validations "
-            "inside long epochs became the default, which it reproduces (`docs/models.md`, \"Training regime\").", ""]
+            "are reused (their results.json files are committed: `experiments/results-within/` holds the runs of "
+            "today's defaults, `experiments/results/` those trained before validations inside long epochs became "
+            "the default); the step size of test-time alignment is chosen on the validation split for every "
+            "trained model. A command with `--set train.validate_within_epochs=false` reuses the older runs, "
+            "whose regime it reproduces (`docs/models.md`, \"Training regime\").", ""]
     body = [section(name, docs) for name in present]
     reading = Path(__file__).with_name("results_reading.md")
     tail = [reading.read_text()] if reading.exists() else []
