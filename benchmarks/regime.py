@@ -15,6 +15,7 @@ chosen users (a small log of long histories) into ``--out/data/``, outside the r
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -68,16 +69,27 @@ def parse_variant(text: str) -> Variant:
     return Variant(model, tuple(o.strip() for o in overrides.split(",") if o.strip()))
 
 
-def replay(history: list[dict[str, Any]], patience: int) -> tuple[float, int, int]:
-    """(best validation NDCG@10, its step, the step training stops at) had the patience been ``patience``."""
-    best, best_step, stop = -1.0, 0, 0
+def replay(history: list[dict[str, Any]], patience: int, fraction: float = 0.0) -> tuple[float, int, int | None]:
+    """(best validation NDCG@10, its step, the step training stops at) had the patience been ``patience``
+    steps, or ``fraction`` of the best validation's step when longer (``train.patience_fraction``).
+    The stop is None when that patience would not have run out within the run: the curve after it is
+    unknown, and so is what the longer patience would have kept."""
+    best, best_step = -1.0, 0
     for step, score in validation_points(history):
-        stop = step
         if score > best:
             best, best_step = score, step
-        if step - best_step >= patience:
-            break
-    return best, best_step, stop
+        if step - best_step >= max(patience, math.ceil(fraction * best_step)):
+            return best, best_step, step
+    return best, best_step, None
+
+
+def parse_patience(text: str) -> tuple[int, float]:
+    """"2000" -> (2000, 0.0); "2000+0.3" -> (2000, 0.3): steps, and the fraction of the best's step."""
+    steps, _, fraction = text.partition("+")
+    try:
+        return int(steps), float(fraction or 0.0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a patience is STEPS or STEPS+FRACTION (e.g. 2000+0.3), got {text!r}")
 
 
 def fmt(values: list[float], digits: int = 4) -> str:
@@ -99,7 +111,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[2026, 1])
     parser.add_argument("--eval-steps", type=int, default=100)
     parser.add_argument("--patience-steps", type=int, default=5000)
-    parser.add_argument("--patience-grid", type=int, nargs="+", default=[500, 1000, 2000, 3000, 5000])
+    parser.add_argument("--patience-fraction", type=float, default=0.0,
+                        help="train.patience_fraction of the runs (0: a fixed patience, whose replays are exact)")
+    parser.add_argument("--patience-grid", type=parse_patience, nargs="+", default=[(500, 0.0), (1000, 0.0), (2000, 0.0), (3000, 0.0), (5000, 0.0)],
+                        help="patiences to replay: STEPS, or STEPS+FRACTION to also wait that fraction of the "
+                             "best validation's step (train.patience_fraction)")
     parser.add_argument("--subsample-users", type=int, default=0)
     parser.add_argument("--overrides", nargs="*", default=[], help="more section.key=value for every run")
     parser.add_argument("--out", type=Path, required=True)
@@ -110,7 +126,8 @@ def main() -> None:
 
     data = subsample(args.data, args.subsample_users, 0, args.out) if args.subsample_users else args.data
     overrides = [f"data.path={data}", f"data.max_len={args.max_len}", f"train.eval_steps={args.eval_steps}",
-                 f"train.patience_steps={args.patience_steps}", *args.overrides]
+                 f"train.patience_steps={args.patience_steps}", f"train.patience_fraction={args.patience_fraction:g}",
+                 *args.overrides]
     setup = Setup(out=args.out, overrides=overrides, seeds=args.seeds, progress=not args.quiet)
     variants = ([parse_variant(text) for text in args.variants] if args.variants else
                 [Variant(m, (f"train.stride_fraction={f:g}",)) for m in args.models for f in args.fractions])
@@ -128,21 +145,28 @@ def main() -> None:
         profiles.append([variant.label, *(fmt([r[split][metric] for r in per_seed])
                                           for split in ("valid_no_tta", "test_no_tta")
                                           for metric in ("recall@10", "mrr@10"))])
-        for patience in args.patience_grid:
-            kept = [replay(r["history"], patience) for r in per_seed]
+        for patience, fraction in args.patience_grid:
+            kept = [replay(r["history"], patience, fraction) for r in per_seed]
+            label = f"{patience}, or {fraction:g} of the best's step" if fraction else str(patience)
+            if any(stop is None for _, _, stop in kept):
+                replays.append([variant.label, label, "n/a", "after the run's end"])
+                continue
             lost = [r["valid_no_tta"]["ndcg@10"] - k[0] for r, k in zip(per_seed, kept)]
-            replays.append([variant.label, str(patience), fmt(lost), fmt([k[2] for k in kept], 0)])
+            replays.append([variant.label, label, fmt(lost), fmt([k[2] for k in kept], 0)])
     popular = most_popular(load_data(build_config(setup, variants[0], args.seeds[0])))
     rows.append(["most popular (reference)", "counts in the training split", "-", f"{popular['valid']:.4f}",
                  f"{popular['test']:.4f}", "-", "-", "-"])
     command = "python benchmarks/regime.py " + shlex.join(sys.argv[1:])
     text = (f"### Training regime on `{data.name}` (max length {args.max_len})\n\n```bash\n{command}\n```\n\n"
-            f"Validation every {args.eval_steps} steps, patience {args.patience_steps} steps; NDCG@10 without "
+            f"Validation every {args.eval_steps} steps, patience {args.patience_steps} steps"
+            + (f" or {args.patience_fraction:g} of the best's step" if args.patience_fraction else "")
+            + "; NDCG@10 without "
             f"test-time alignment, mean ± std over seeds {', '.join(map(str, args.seeds))}.\n\n"
             + markdown_table(["model", "overrides", "windows", "valid NDCG@10", "test NDCG@10",
                               "best step", "steps", "train s"], rows)
-            + "\n\nShorter patience replayed on the same validation curves: validation NDCG@10 lost against "
-              "the full run, and the step where training would have stopped.\n\n"
+            + "\n\nOther patiences replayed on the same validation curves: validation NDCG@10 lost against "
+              "the full run, and the step where training would have stopped (n/a: that patience would "
+              "have trained past the run's end).\n\n"
             + markdown_table(["run", "patience (steps)", "valid NDCG@10 lost", "stops at step"], replays)
             + "\n\nWhere the hits rank: Recall@10 counts the targets in the top 10, MRR@10 rewards the top "
               "places (two runs with the same NDCG@10 can trade one for the other).\n\n"

@@ -241,8 +241,8 @@ def assemble(docs: Path) -> None:
             "are reused (their results.json files are committed: `experiments/results-within/` holds the runs of "
             "today's defaults, `experiments/results/` those trained before validations inside long epochs became "
             "the default); the step size of test-time alignment is chosen on the validation split for every "
-            "trained model. A command with `--set train.validate_within_epochs=false` reuses the older runs, "
-            "whose regime it reproduces (`docs/models.md`, \"Training regime\").", ""]
+            "trained model. A command with `--set train.validate_within_epochs=false train.patience_fraction=0` "
+            "reuses the older runs, whose regime it reproduces (`docs/models.md`, \"Training regime\").", ""]
     body = [section(name, docs) for name in present]
     reading = Path(__file__).with_name("results_reading.md")
     tail = [reading.read_text()] if reading.exists() else []

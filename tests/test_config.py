@@ -62,6 +62,8 @@ def test_a_model_brings_its_training_defaults_and_overrides_still_win():
     ("train.stride_fraction=0", "stride_fraction"),
     ("train.eval_steps=0", "eval_steps"),
     ("train.window_repeats=0", "window_repeats"),
+    ("train.patience_fraction=-0.1", "patience_fraction"),
+    ("train.patience_fraction=nan", "patience_fraction"),
 ])
 def test_bad_training_regime_values_are_refused(override, message):
     cfg = RunConfig()

@@ -12,7 +12,17 @@ def test_replay_stops_where_a_shorter_patience_would_have():
     history = [{"step": 10, "valid_ndcg@10": 0.1}, {"step": 20}, {"step": 30, "valid_ndcg@10": 0.3},
                {"step": 40, "valid_ndcg@10": 0.2}, {"step": 50, "valid_ndcg@10": 0.5}]
     assert regime.replay(history, 10) == (0.3, 30, 40)
-    assert regime.replay(history, 20) == (0.5, 50, 50)
+    assert regime.replay(history, 20) == (0.5, 50, None)  # would not have stopped within the run
+
+
+def test_replay_can_also_wait_a_fraction_of_the_best_step():
+    regime = load_benchmark("regime")
+    history = [{"step": s, "valid_ndcg@10": v} for s, v in [(100, 0.1), (200, 0.3), (300, 0.2), (400, 0.2),
+                                                              (500, 0.4), (600, 0.3), (700, 0.3)]]
+    assert regime.replay(history, 100) == (0.3, 200, 300)
+    assert regime.replay(history, 100, 0.6) == (0.3, 200, 400)  # waits ceil(0.6 * 200) = 120 steps
+    assert regime.replay(history, 100, 1.5) == (0.4, 500, None)  # waits 300 steps, reaches 500, then 750
+    assert regime.parse_patience("2000+0.3") == (2000, 0.3) and regime.parse_patience("500") == (500, 0.0)
 
 
 def test_replay_sees_the_validations_inside_epochs():
@@ -23,7 +33,7 @@ def test_replay_sees_the_validations_inside_epochs():
                {"step": 80, "valid_ndcg@10": 0.6, "validations": [{"step": 60, "ndcg@10": 0.3},
                                                                   {"step": 80, "ndcg@10": 0.6}]}]
     assert regime.replay(history, 40) == (0.5, 20, 60)
-    assert regime.replay(history, 100) == (0.6, 80, 80)
+    assert regime.replay(history, 100) == (0.6, 80, None)
 
 
 def test_the_study_runs_its_variants_and_writes_the_tables(tmp_path, monkeypatch):

@@ -122,6 +122,16 @@ def test_patience_can_stop_inside_an_epoch(data, monkeypatch):
     assert validation_steps(result.history) == [5, 10, 15, 20]
 
 
+@pytest.mark.parametrize("fraction, stop", [(0.0, 30), (0.5, 30), (1.0, 40)])
+def test_patience_also_waits_a_fraction_of_the_best_step(data, monkeypatch, fraction, stop):
+    # best at step 20: patience max(10, fraction * 20) runs out at step 30 or 40
+    model, windows, valid, cfg = setup_model(data, epochs=100, batch_size=8, eval_steps=5, patience_steps=10,
+                                             patience_fraction=fraction, validate_within_epochs=True)
+    fake_scores(monkeypatch, [0.1, 0.2, 0.3, 0.4] + [0.1] * 100)
+    result = train(model, windows, valid, cfg.train, AlignConfig(), seed=0, progress=False)
+    assert result.best_step == 20 and result.steps == stop
+
+
 def test_training_goes_on_in_train_mode_after_a_validation_inside_the_epoch(data):
     model, windows, valid, cfg = setup_model(data, "t2arec", epochs=1, batch_size=8, eval_steps=5,
                                              validate_within_epochs=True)

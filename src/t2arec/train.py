@@ -7,7 +7,8 @@ on a small log of long histories and thousands on a large one, so "10 epochs of 
 anything from 150 steps to a day. Validation runs at every multiple of ``eval_steps``: inside an
 epoch longer than that (``validate_within_epochs``, on by default; off, a long epoch validates only
 at its end), at the end of a shorter epoch whose steps pass a multiple. Training stops once
-``patience_steps`` steps have gone by without a better validation NDCG@10. With ``lr_decay < 1`` the
+``patience_steps`` steps (or ``patience_fraction`` of the best validation's step, when longer) have
+gone by without a better validation NDCG@10. With ``lr_decay < 1`` the
 learning rate is multiplied by it whenever ``lr_plateau_steps`` steps have gone by without a better
 validation since the best or the last decay (PyTorch's ReduceLROnPlateau, counted in steps).
 
@@ -177,6 +178,12 @@ def _load_state(path: Path, payload: dict[str, Any], model: SequentialRecommende
     return payload["best_model"], Progress(**payload["progress"])
 
 
+def patience_after(best_step: int, cfg: TrainConfig) -> int:
+    """Steps without a better validation that stop a run whose best so far came at ``best_step``:
+    ``patience_steps``, or ``patience_fraction`` of ``best_step`` when that is longer."""
+    return max(cfg.patience_steps, math.ceil(cfg.patience_fraction * best_step))
+
+
 def _validate(model: SequentialRecommender, valid: Examples, align: AlignConfig, cfg: TrainConfig,
               optimizer: torch.optim.Optimizer, done: Progress, epoch: int, best_state: dict[str, Any],
               device: torch.device | str) -> tuple[dict[str, float], dict[str, Any]]:
@@ -189,7 +196,7 @@ def _validate(model: SequentialRecommender, valid: Examples, align: AlignConfig,
         best_state = copy.deepcopy(model.state_dict())
         done.best_score, done.best_step, done.best_epoch = metrics["ndcg@10"], done.step, epoch
         done.best_valid = metrics
-    done.stopped = done.step - done.best_step >= cfg.patience_steps
+    done.stopped = done.step - done.best_step >= patience_after(done.best_step, cfg)
     if not done.stopped and _plateau_reached(done, cfg):
         _decay_learning_rate(optimizer, cfg.lr_decay)
         done.last_decay_step = done.step
@@ -199,8 +206,8 @@ def _validate(model: SequentialRecommender, valid: Examples, align: AlignConfig,
 def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg: TrainConfig,
           align: AlignConfig, seed: int, device: torch.device | str = "cpu", progress: bool = True,
           state_path: str | Path | None = None, fingerprint: dict[str, Any] | None = None) -> TrainResult:
-    """Train until ``cfg.epochs`` or until ``cfg.patience_steps`` steps bring no better validation
-    NDCG@10; leave the best weights in ``model``.
+    """Train until ``cfg.epochs`` or until patience (``patience_after``) runs out without a better
+    validation NDCG@10; leave the best weights in ``model``.
 
     ``state_path``: where to keep the resumable training state (continued from when it exists);
     ``fingerprint``: what identifies the run (its configuration), checked before resuming.

@@ -115,3 +115,25 @@ def test_a_run_older_than_the_option_with_short_epochs_matches_either_value(tmp_
     assert calls == [7]
     with pytest.raises(ExperimentError, match="train.lr"):  # other options are still compared
         ensure_run(Setup(out=tmp_path, overrides=[*TINY, "train.lr=0.01"], progress=False), Variant("t2arec"), 7)
+
+
+def _store_run_made_before_patience_fractions(setup, variant, seed, best_step, patience_steps):
+    """Rewrite a stored run as if made before ``train.patience_fraction`` existed."""
+    _drop_stored_field(setup, variant, seed, "train", "patience_fraction")
+    path = run_dir(setup, variant, seed) / "results.json"
+    results = json.loads(path.read_text())
+    results["best_step"], results["config"]["train"]["patience_steps"] = best_step, patience_steps
+    path.write_text(json.dumps(results))
+
+
+def test_a_run_older_than_patience_fractions_matches_those_that_would_have_stopped_it_alike(tmp_path, monkeypatch):
+    setup, calls = _one_stored_run(tmp_path, monkeypatch, "t2arec")
+    _store_run_made_before_patience_fractions(setup, Variant("t2arec"), 7, best_step=6000, patience_steps=2000)
+    common = [*TINY, "train.patience_steps=2000"]
+    for fraction in ("0", "0.3", "0.33"):  # 0.33 * 6,000 = 1,980 <= 2,000: the same stop
+        ensure_run(Setup(out=tmp_path, overrides=[*common, f"train.patience_fraction={fraction}"], progress=False),
+                   Variant("t2arec"), 7)
+    assert calls == [7]
+    with pytest.raises(ExperimentError, match="train.patience_fraction"):  # it would have waited 2,100 steps
+        ensure_run(Setup(out=tmp_path, overrides=[*common, "train.patience_fraction=0.35"], progress=False),
+                   Variant("t2arec"), 7)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,23 +122,35 @@ def _differences(stored: dict[str, Any], wanted: dict[str, Any], defaults: dict[
 
 
 def as_the_run_behaved(stored: dict[str, Any], wanted: dict[str, Any]) -> dict[str, Any]:
-    """A stored run's configuration, with ``train.validate_within_epochs`` filled in when the run
-    predates that option.
+    """A stored run's configuration, with the options it predates filled in as the run behaved.
 
-    The option's default changed from off to on after many runs were stored without it, so the
-    general rule of ``_differences`` (a missing key holds today's default) would be false for it:
-    those runs validated at epoch ends only. When none of their epochs was longer than
-    ``train.eval_steps``, that is exactly what the option does too, so such a run matches either value.
+    The general rule of ``_differences`` (a missing key holds today's default) is false for an option
+    whose default is not the behaviour before it, so each such option is filled in here:
+
+    - ``train.validate_within_epochs``: its default changed from off to on after many runs were stored
+      without it; those runs validated at epoch ends only. When none of their epochs was longer than
+      ``train.eval_steps``, that is exactly what the option does too, so such a run matches either value.
+    - ``train.patience_fraction``: a run stored without it waited ``train.patience_steps``, which is
+      what a fraction ``f`` does as long as ``f`` times the step of the best validation is no longer
+      (the best's step only grows, so the final best bounds every earlier one): such a run matches
+      the wanted fraction, any other stopped as with fraction 0.
     """
     config = copy.deepcopy(stored.get("config", {}))
     train = config.get("train")
-    if not isinstance(train, dict) or "validate_within_epochs" in train:
+    if not isinstance(train, dict):
         return config
-    history = stored.get("history") or []
-    first_epoch_steps = history[0].get("step") if history else None  # cumulative: the steps of one epoch
-    eval_steps = train.get("eval_steps", wanted["train"]["eval_steps"])
-    short_epochs = first_epoch_steps is not None and first_epoch_steps <= eval_steps
-    train["validate_within_epochs"] = wanted["train"]["validate_within_epochs"] if short_epochs else False
+    if "validate_within_epochs" not in train:
+        history = stored.get("history") or []
+        first_epoch_steps = history[0].get("step") if history else None  # cumulative: the steps of one epoch
+        eval_steps = train.get("eval_steps", wanted["train"]["eval_steps"])
+        short_epochs = first_epoch_steps is not None and first_epoch_steps <= eval_steps
+        train["validate_within_epochs"] = wanted["train"]["validate_within_epochs"] if short_epochs else False
+    if "patience_fraction" not in train:
+        fraction = wanted["train"]["patience_fraction"]
+        patience = train.get("patience_steps", wanted["train"]["patience_steps"])
+        best_step = stored.get("best_step")
+        same_stop = best_step is not None and math.ceil(fraction * best_step) <= patience
+        train["patience_fraction"] = fraction if same_stop else 0.0
     return config
 
 
