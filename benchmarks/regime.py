@@ -15,7 +15,6 @@ chosen users (a small log of long histories) into ``--out/data/``, outside the r
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ from t2arec.experiments.report import markdown_table
 from t2arec.experiments.store import Variant, build_config, ensure_runs, write_text
 from t2arec.pipeline import load_data
 from t2arec.runtime import flush_denormals, keep_freed_memory
-from t2arec.train import validation_points
+from t2arec.train import patience_after, validation_points
 
 
 def subsample(path: Path, users: int, seed: int, out: Path) -> Path:
@@ -78,7 +77,7 @@ def replay(history: list[dict[str, Any]], patience: int, fraction: float = 0.0) 
     for step, score in validation_points(history):
         if score > best:
             best, best_step = score, step
-        if step - best_step >= max(patience, math.ceil(fraction * best_step)):
+        if step - best_step >= patience_after(best_step, patience, fraction):
             return best, best_step, step
     return best, best_step, None
 

@@ -178,10 +178,10 @@ def _load_state(path: Path, payload: dict[str, Any], model: SequentialRecommende
     return payload["best_model"], Progress(**payload["progress"])
 
 
-def patience_after(best_step: int, cfg: TrainConfig) -> int:
+def patience_after(best_step: int, patience_steps: int, patience_fraction: float) -> int:
     """Steps without a better validation that stop a run whose best so far came at ``best_step``:
     ``patience_steps``, or ``patience_fraction`` of ``best_step`` when that is longer."""
-    return max(cfg.patience_steps, math.ceil(cfg.patience_fraction * best_step))
+    return max(patience_steps, math.ceil(patience_fraction * best_step))
 
 
 def _validate(model: SequentialRecommender, valid: Examples, align: AlignConfig, cfg: TrainConfig,
@@ -196,7 +196,8 @@ def _validate(model: SequentialRecommender, valid: Examples, align: AlignConfig,
         best_state = copy.deepcopy(model.state_dict())
         done.best_score, done.best_step, done.best_epoch = metrics["ndcg@10"], done.step, epoch
         done.best_valid = metrics
-    done.stopped = done.step - done.best_step >= patience_after(done.best_step, cfg)
+    done.stopped = done.step - done.best_step >= patience_after(done.best_step, cfg.patience_steps,
+                                                                cfg.patience_fraction)
     if not done.stopped and _plateau_reached(done, cfg):
         _decay_learning_rate(optimizer, cfg.lr_decay)
         done.last_decay_step = done.step

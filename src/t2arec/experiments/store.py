@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from t2arec.checkpoint import atomic_write
 from t2arec.config import RunConfig, apply_overrides, validate
 from t2arec.models import model_spec
 from t2arec.pipeline import evaluate_variant, run, write_json
+from t2arec.train import patience_after
 
 METRICS = ("recall@10", "mrr@10", "ndcg@10")
 
@@ -149,7 +149,7 @@ def as_the_run_behaved(stored: dict[str, Any], wanted: dict[str, Any]) -> dict[s
         fraction = wanted["train"]["patience_fraction"]
         patience = train.get("patience_steps", wanted["train"]["patience_steps"])
         best_step = stored.get("best_step")
-        same_stop = best_step is not None and math.ceil(fraction * best_step) <= patience
+        same_stop = best_step is not None and patience_after(best_step, patience, fraction) == patience
         train["patience_fraction"] = fraction if same_stop else 0.0
     return config
 
