@@ -32,7 +32,7 @@ from t2arec.experiments.report import markdown_table
 from t2arec.experiments.store import Variant, build_config, ensure_runs, write_text
 from t2arec.pipeline import load_data
 from t2arec.runtime import flush_denormals, keep_freed_memory
-from t2arec.train import patience_after, validation_points
+from t2arec.train import replay_patience
 
 
 def subsample(path: Path, users: int, seed: int, out: Path) -> Path:
@@ -73,13 +73,7 @@ def replay(history: list[dict[str, Any]], patience: int, fraction: float = 0.0) 
     steps, or ``fraction`` of the best validation's step when longer (``train.patience_fraction``).
     The stop is None when that patience would not have run out within the run: the curve after it is
     unknown, and so is what the longer patience would have kept."""
-    best, best_step = -1.0, 0
-    for step, score in validation_points(history):
-        if score > best:
-            best, best_step = score, step
-        if step - best_step >= patience_after(best_step, patience, fraction):
-            return best, best_step, step
-    return best, best_step, None
+    return replay_patience(history, patience, fraction)
 
 
 def parse_patience(text: str) -> tuple[int, float]:

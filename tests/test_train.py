@@ -270,6 +270,78 @@ def test_a_state_from_another_run_is_refused(data, tmp_path):
               fingerprint={"lr": 2})
 
 
+def patience_runs(data, tmp_path, monkeypatch, interrupt_at, first, then):
+    """A run under patience ``first`` (steps, fraction) interrupted before epoch ``interrupt_at`` (None:
+    left to stop), resumed under ``then``; and a run trained under ``then`` from the start. Validation
+    after every epoch; NDCG@10 best at epochs 4 and 8."""
+    scores = [0.1, 0.2, 0.3, 0.4, 0.1, 0.1, 0.1, 0.5] + [0.1] * 100
+
+    def fresh(patience):
+        model, windows, valid, cfg = setup_model(data, epochs=100, batch_size=32, eval_steps=1,
+                                                 validate_within_epochs=False)
+        cfg.train.patience_steps = patience[0] * steps_per_epoch(windows, cfg.train)
+        cfg.train.patience_fraction = patience[1]
+        return model, windows, valid, cfg
+
+    model, windows, valid, cfg = fresh(then)
+    fake_scores(monkeypatch, scores)
+    straight = train(model, windows, valid, cfg.train, AlignConfig(), seed=4, progress=False)
+    expected = {k: v.clone() for k, v in model.state_dict().items()}
+
+    state = tmp_path / "train_state.pt"
+    model, windows, valid, cfg = fresh(first)
+    fake_scores(monkeypatch, scores)
+    with monkeypatch.context() as crashing:
+        if interrupt_at is not None:
+            interrupt_epoch(crashing, interrupt_at)
+        try:
+            train(model, windows, valid, cfg.train, AlignConfig(), seed=4, progress=False, state_path=state,
+                  fingerprint={"run": 1, "train": {"patience_fraction": first[1]}})
+        except KeyboardInterrupt:
+            pass
+    done_epochs = torch.load(state, weights_only=True)["progress"]["epoch"]
+    model, windows, valid, cfg = fresh(then)
+    fake_scores(monkeypatch, scores[done_epochs:])
+
+    def resume():
+        return train(model, windows, valid, cfg.train, AlignConfig(), seed=4, progress=False, state_path=state,
+                     fingerprint={"run": 1, "train": {"patience_fraction": then[1]}})
+
+    return straight, expected, model, resume
+
+
+def test_a_state_goes_on_under_a_longer_patience_as_a_run_trained_with_it(data, tmp_path, monkeypatch):
+    # 2 epochs of patience stop at epoch 6; 2 epochs or the best's step (4, then 8) go on to epoch 16
+    straight, expected, model, resume = patience_runs(data, tmp_path, monkeypatch, 5, (2, 0.0), (2, 1.0))
+    resumed = resume()
+    per_epoch = straight.history[0]["step"]
+    assert (straight.best_step, straight.steps) == (8 * per_epoch, 16 * per_epoch)
+    assert (resumed.best_step, resumed.steps) == (straight.best_step, straight.steps)
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in straight.history]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed.history] == strip
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+def test_a_state_trained_past_a_shorter_patience_is_refused(data, tmp_path, monkeypatch):
+    # trained to epoch 8 under the longer patience, where the shorter one stops at epoch 6
+    *_, resume = patience_runs(data, tmp_path, monkeypatch, 9, (2, 1.0), (2, 0.0))
+    with pytest.raises(ValueError, match="past step"):
+        resume()
+
+
+def test_a_state_that_stopped_is_not_continued_under_a_longer_patience(data, tmp_path, monkeypatch):
+    *_, resume = patience_runs(data, tmp_path, monkeypatch, None, (2, 0.0), (2, 1.0))
+    with pytest.raises(ValueError, match="stopped at step"):
+        resume()
+
+
+def test_a_stopped_state_under_its_own_patience_ends_at_once(data, tmp_path, monkeypatch):
+    straight, _, _, resume = patience_runs(data, tmp_path, monkeypatch, None, (2, 0.0), (2, 0.0))
+    resumed = resume()
+    assert (resumed.best_step, resumed.steps, len(resumed.history)) == (straight.best_step, straight.steps, 6)
+
+
 def test_train_config_defaults_count_work_in_steps():
     cfg = TrainConfig()
     assert cfg.eval_steps > 0 and cfg.patience_steps >= cfg.eval_steps and cfg.epochs >= 200

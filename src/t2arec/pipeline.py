@@ -127,21 +127,16 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
 
 
 TRAIN_STATE = "train_state.pt"
-# configuration keys added after training states were written without them, with the value that
-# reproduces the older behaviour: such a key at that value stays out of the fingerprint
-KEYS_ADDED_LATER = (("train", "patience_fraction", 0.0),)
 
 
 def training_fingerprint(cfg: RunConfig, data: SequenceData) -> dict[str, Any]:
     """What a resumed training must share with the interrupted one: everything that shapes training
     (model, data, training settings, seed, device), not the test-time alignment chosen after it
-    (unless validation itself aligns)."""
+    (unless validation itself aligns). Its patience may differ: ``train.train`` checks that part
+    against the state's own validations."""
     config = cfg.to_dict()
     if not cfg.train.validate_aligned:
         config.pop("align")
-    for section, key, older in KEYS_ADDED_LATER:  # absent from older states: equal when at the older value
-        if config[section][key] == older:
-            config[section].pop(key)
     return json.loads(json.dumps({"config": config, "dataset": data.report.to_dict()}, default=str))
 
 

@@ -164,9 +164,22 @@ def _read_state(path: Path | None) -> dict[str, Any] | None:
     return distributed.broadcast_object(payload)
 
 
+# The patience decides only where a run stops, not what it learns before: a state may go on under
+# another patience (``_stopped_on_resume`` checks it against the state's own validations), so the
+# fingerprint's copies of these keys are left out when a state is compared with the run resuming it
+PATIENCE_KEYS = ("patience_steps", "patience_fraction")
+
+
+def _without_patience(fingerprint: Any) -> Any:
+    if isinstance(fingerprint, dict):
+        return {key: _without_patience(value) for key, value in fingerprint.items() if key not in PATIENCE_KEYS}
+    return fingerprint
+
+
 def _load_state(path: Path, payload: dict[str, Any], model: SequentialRecommender, optimizer: torch.optim.Optimizer,
                 rng: np.random.Generator, fingerprint: dict[str, Any]) -> tuple[dict[str, Any], Progress]:
-    if payload.get("version") != STATE_VERSION or payload.get("fingerprint") != fingerprint:
+    same_run = _without_patience(payload.get("fingerprint")) == _without_patience(fingerprint)
+    if payload.get("version") != STATE_VERSION or not same_run:
         raise ValueError(f"{path}: this training state belongs to another run (configuration or data differ); "
                          "remove it or choose another output folder")
     model.load_state_dict(payload["model"])
@@ -182,6 +195,36 @@ def patience_after(best_step: int, patience_steps: int, patience_fraction: float
     """Steps without a better validation that stop a run whose best so far came at ``best_step``:
     ``patience_steps``, or ``patience_fraction`` of ``best_step`` when that is longer."""
     return max(patience_steps, math.ceil(patience_fraction * best_step))
+
+
+def replay_patience(history: list[dict[str, Any]], patience_steps: int,
+                    patience_fraction: float = 0.0) -> tuple[float, int, int | None]:
+    """(best validation NDCG@10, its step, the step training stops at) of a training history had its
+    patience been ``patience_steps`` and ``patience_fraction`` (the rule of ``_validate``). The stop is
+    None when that patience would not have run out within the history."""
+    best, best_step = -1.0, 0
+    for step, score in validation_points(history):
+        if score > best:
+            best, best_step = score, step
+        if step - best_step >= patience_after(best_step, patience_steps, patience_fraction):
+            return best, best_step, step
+    return best, best_step, None
+
+
+def _stopped_on_resume(path: Path, done: Progress, cfg: TrainConfig) -> bool:
+    """Whether a resumed run has stopped under ``cfg``'s patience, which may differ from the one it was
+    trained with. Such a state goes on exactly as a run trained with ``cfg``'s patience from the start,
+    unless it already did training that run would not have done, or ended where that run goes on."""
+    _, _, stop = replay_patience(done.history, cfg.patience_steps, cfg.patience_fraction)
+    patience = f"patience_steps={cfg.patience_steps}, patience_fraction={cfg.patience_fraction}"
+    if stop is not None and stop < done.step:
+        raise ValueError(f"{path}: this training state went on to step {done.step}, past step {stop} where "
+                         f"{patience} stops the run; remove it or resume with the patience it was trained with")
+    if stop is None and done.stopped:
+        # it may have ended inside an epoch, whose remaining steps a longer patience would have taken
+        raise ValueError(f"{path}: this training state's run stopped at step {done.step}, where {patience} "
+                         "goes on; remove it to train afresh with that patience")
+    return stop is not None
 
 
 def _validate(model: SequentialRecommender, valid: Examples, align: AlignConfig, cfg: TrainConfig,
@@ -211,7 +254,8 @@ def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg:
     validation NDCG@10; leave the best weights in ``model``.
 
     ``state_path``: where to keep the resumable training state (continued from when it exists);
-    ``fingerprint``: what identifies the run (its configuration), checked before resuming.
+    ``fingerprint``: what identifies the run (its configuration), checked before resuming; its
+    patience keys (``PATIENCE_KEYS``) may differ as long as ``_stopped_on_resume`` accepts the state.
     """
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -220,6 +264,7 @@ def train(model: SequentialRecommender, windows: Examples, valid: Examples, cfg:
     payload = _read_state(state_path)
     if payload is not None:
         best_state, done = _load_state(state_path, payload, model, optimizer, rng, fingerprint)
+        done.stopped = _stopped_on_resume(state_path, done, cfg)
     else:
         best_state, done = copy.deepcopy(model.state_dict()), Progress()
     shared = distributed.wrap_for_training(model, torch.device(device))  # None with one process
