@@ -76,10 +76,11 @@ def plot(runs: dict[str, dict[str, Any]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, p in runs.items():
         points = validation_points(p["history"])
-        ax.plot(*zip(*points), label=name)
+        # the run's own folder names (model+overrides/seed-N): whole paths overflow the axes
+        ax.plot(*zip(*points), label="/".join(Path(name).parts[-2:]))
     ax.set_xlabel("optimiser steps")
     ax.set_ylabel("validation NDCG@10")
-    ax.legend()
+    ax.legend(loc="lower right", fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
